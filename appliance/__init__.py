@@ -1,0 +1,1 @@
+"""The bedside device program: sensors, windows, engines, calibrated score, MQTT."""

@@ -1,0 +1,1 @@
+"""Sensor drivers. Each opens one external thing, owns its reconnect policy and reports its health."""

@@ -1,0 +1,1 @@
+"""Patient monitors over serial: Masimo ASCII 1 and Philips IntelliVue MIB/RS232."""

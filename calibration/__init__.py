@@ -1,0 +1,1 @@
+"""Field calibration and commissioning for clinical engineers."""

@@ -1,0 +1,1 @@
+"""neopain networks and everything that feeds them, usable without the appliance."""
