@@ -1,0 +1,211 @@
+"""TensorRT 10 backend: build FP16/INT8 engines from ONNX on the device, cache them, run them.
+
+Built through the Python builder API with an ``OnnxParser``; FP16 is always enabled beside INT8 so layers
+without an INT8 implementation fall back to FP16. INT8 uses the entropy calibrator with a calibration
+cache, fed with real windows captured on the device (``neopain calibrate capture-int8``) or taken from a
+dataset. (TensorRT 10.1 deprecates implicit calibration in favour of explicit Q/DQ nodes; the calibrator
+still works and keeps the ONNX graphs free of quantisation nodes until a QAT pipeline exists.) A timing
+cache shortens rebuilds. Plans are stored in :mod:`models.engines.cache` under their full validity key.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from models.engines.base import BackendUnavailable, Engine, EngineError
+from models.engines.cache import EngineCache, EngineCacheError, EngineKey, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+def _trt() -> Any:
+    try:
+        import tensorrt as trt
+    except ImportError as exc:
+        raise BackendUnavailable("TensorRT is not installed (pip install .[jetson] on the GPU device)") from exc
+    return trt
+
+
+def tensorrt_available() -> tuple[bool, str]:
+    """Whether TensorRT and a CUDA GPU are usable here, and why not."""
+    try:
+        _trt()
+        from models.engines.cuda_buffers import gpu_identity
+
+        name, _ = gpu_identity()
+    except BackendUnavailable as exc:
+        return False, str(exc)
+    return True, f"TensorRT on {name}"
+
+
+def engine_key(model: str, onnx_path: str | Path, precision: str) -> EngineKey:
+    """The cache key of ``onnx_path`` built at ``precision`` on this GPU with this TensorRT."""
+    from models.engines.cuda_buffers import gpu_identity
+
+    trt = _trt()
+    gpu_name, sm_count = gpu_identity()
+    return EngineKey(model, gpu_name, sm_count, trt.__version__, precision, sha256_file(onnx_path))
+
+
+class _EntropyCalibrator:
+    """IInt8EntropyCalibrator2 over batches of real windows, with a calibration cache file."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        trt = _trt()
+        from models.engines.cuda_buffers import DeviceBuffers
+
+        class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
+            def __init__(self, batches: Sequence[Mapping[str, np.ndarray]], cache_file: Path) -> None:
+                super().__init__()
+                self.batches = list(batches)
+                self.cache_file = cache_file
+                self.index = 0
+                self.buffers = DeviceBuffers()
+
+            def get_batch_size(self) -> int:
+                first = self.batches[0] if self.batches else {}
+                return int(next(iter(first.values())).shape[0]) if first else 1
+
+            def get_batch(self, names: list[str]) -> list[int] | None:
+                if self.index >= len(self.batches):
+                    return None
+                batch = self.batches[self.index]
+                self.index += 1
+                pointers = []
+                for name in names:
+                    array = np.ascontiguousarray(batch[name], dtype=np.float32)
+                    pointers.append(self.buffers.allocate(name, array.shape, array.dtype))
+                    self.buffers.to_device(name, array)
+                self.buffers.synchronize()
+                return pointers
+
+            def read_calibration_cache(self) -> bytes | None:
+                return self.cache_file.read_bytes() if self.cache_file.is_file() else None
+
+            def write_calibration_cache(self, cache: Any) -> None:
+                self.cache_file.write_bytes(bytes(cache))
+
+        return EntropyCalibrator(*args, **kwargs)
+
+
+def build_plan(
+    onnx_path: str | Path,
+    precision: str,
+    *,
+    max_batch: int = 4,
+    calibration_batches: Iterable[Mapping[str, np.ndarray]] | None = None,
+    calibration_cache: str | Path | None = None,
+    timing_cache: str | Path | None = None,
+    workspace_bytes: int = 1 << 30,
+) -> bytes:
+    """Parse ``onnx_path`` and build a serialized plan at ``precision`` (fp32 | fp16 | int8)."""
+    trt = _trt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)
+    if precision == "int8":
+        batches = list(calibration_batches or [])
+        if not batches:
+            raise EngineError("INT8 needs calibration windows (neopain calibrate capture-int8, or a dataset)")
+        config.set_flag(trt.BuilderFlag.INT8)
+        cache_path = Path(calibration_cache or Path(onnx_path).with_suffix(".int8.calib"))
+        config.int8_calibrator = _EntropyCalibrator(batches, cache_path)
+    profile = builder.create_optimization_profile()
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        shape = tuple(tensor.shape)
+        fixed = shape[1:]
+        profile.set_shape(tensor.name, (1, *fixed), (1, *fixed), (max_batch, *fixed))
+    config.add_optimization_profile(profile)
+    if precision == "int8":
+        config.set_calibration_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        timing_path = Path(timing_cache)
+        cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
+        config.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise EngineError(f"TensorRT failed to build a {precision} engine from {onnx_path} (see the log above)")
+    if cache is not None:
+        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+    return bytes(serialized)
+
+
+def build_cached(
+    model: str, onnx_path: str | Path, precision: str, cache: EngineCache, *, force: bool = False, **build_kwargs: Any
+) -> tuple[Path, bool]:
+    """Build into the cache unless a valid engine for this exact key is there. Returns (path, built)."""
+    key = engine_key(model, onnx_path, precision)
+    if not force and cache.has_valid(key):
+        return cache.path_for(key), False
+    plan = build_plan(onnx_path, precision, **build_kwargs)
+    return cache.store(key, plan), True
+
+
+class TensorRTEngine(Engine):
+    backend = "tensorrt"
+
+    def __init__(self, plan: bytes) -> None:
+        trt = _trt()
+        from models.engines.cuda_buffers import DeviceBuffers
+
+        self.trt = trt
+        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engine = self.runtime.deserialize_cuda_engine(plan)
+        if self.engine is None:
+            raise EngineError("TensorRT could not deserialize the engine (corrupt or built by another version)")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
+        self.buffers = DeviceBuffers()
+
+    @classmethod
+    def from_cache(cls, model: str, onnx_path: str | Path, precision: str, cache: EngineCache) -> "TensorRTEngine":
+        key = engine_key(model, onnx_path, precision)
+        return cls(cache.load(key))
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.check_inputs(inputs)
+        for name in self.input_names:
+            dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
+            array = np.ascontiguousarray(inputs[name], dtype=dtype)
+            self.context.set_input_shape(name, array.shape)
+            self.context.set_tensor_address(name, self.buffers.allocate(name, array.shape, array.dtype))
+            self.buffers.to_device(name, array)
+        shapes = {}
+        for name in self.output_names:
+            shapes[name] = tuple(self.context.get_tensor_shape(name))
+            dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
+            self.context.set_tensor_address(name, self.buffers.allocate(name, shapes[name], dtype))
+        if not self.context.execute_async_v3(self.buffers.stream_handle):
+            raise EngineError("TensorRT execution failed")
+        results = {n: self.buffers.from_device(n, shapes[n]) for n in self.output_names}
+        self.buffers.synchronize()
+        return {n: results[n].reshape(shapes[n]).astype(np.float32) for n in self.output_names}
+
+    def close(self) -> None:
+        self.buffers.free()
+
+
+__all__ = [
+    "EngineCacheError",
+    "TensorRTEngine",
+    "build_cached",
+    "build_plan",
+    "engine_key",
+    "tensorrt_available",
+]
