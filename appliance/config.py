@@ -1,0 +1,721 @@
+"""The appliance's TOML configuration: typed, bounded, documented, and strict about secrets.
+
+Why this shape: the device runs unattended at a cot side, so a typo must stop it at `neopain config check`
+(or at start, with systemd showing the one error line) rather than silently falling back to a default.
+Every field is a dataclass field whose metadata carries its bounds and its documentation; the same metadata
+validates the file, renders the shipped ``systemd/appliance.toml`` and answers "what does this key do".
+
+Secrets (the MQTT password, the TLS client key) are never read from the main file, which is world-readable
+and ends up in backups and bug reports: they come from a systemd credential (``LoadCredential=`` puts them
+in ``$CREDENTIALS_DIRECTORY``) or from a file that others cannot read.
+
+``tomllib`` reports no line numbers for keys, so :func:`key_lines` scans the text itself (tracking tables,
+dotted keys, strings and multi-line values) to point every error at ``file:line``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import stat
+import sys
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+#: Where systemd (``ConfigurationDirectory=neopain``) and the CLI look by default.
+DEFAULT_CONFIG_PATH = Path("/etc/neopain/appliance.toml")
+
+# MQTT topic levels and systemd credential names: no '/', '+', '#', spaces or control characters.
+_NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+_BACKENDS = ("tensorrt", "onnxruntime", "torch")
+_MODEL_CONFIGS = ("full", "tiny")  # models/configs.py CONFIGS; not imported here so that a check never loads torch
+_BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+# Keys that must never be in the main file, with what to use instead.
+_FORBIDDEN_SECRETS = {
+    ("mqtt", "password"): "secrets are not read from the main config file: put the password in a file readable "
+    "only by the service and set mqtt.password_file, or load the systemd credential 'mqtt-password'",
+    ("mqtt", "tls_key"): "secrets are not read from the main config file: set mqtt.tls_key_file to a key file "
+    "readable only by the service, or load the systemd credential 'mqtt-tls-key'",
+}
+
+
+class ConfigError(ValueError):
+    """One configuration problem, printed as one line: ``file:line: section.key: message``."""
+
+    def __init__(self, message: str, *, file: Path | str | None = None, key: str | None = None,
+                 line: int | None = None) -> None:
+        self.message = message
+        self.file = str(file) if file is not None else None
+        self.key = key
+        self.line = line
+        super().__init__(self.one_line())
+
+    def one_line(self) -> str:
+        where = self.file or "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        prefix = f"{where}: "
+        if self.key:
+            prefix += f"{self.key}: "
+        return (prefix + self.message).replace("\n", " ")
+
+
+def spec(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
+         choices: tuple[Any, ...] | None = None, pattern: str | None = None, unique: bool = False,
+         min_items: int | None = None, path: bool = False) -> Any:
+    """A dataclass field with its validation and documentation in ``metadata``.
+
+    ``min``/``max`` are inclusive bounds on numbers; ``choices`` restricts a value (or each list item);
+    ``pattern`` is a regex a string must match; ``path`` marks strings that are file paths (resolved
+    against the config file's folder when relative; empty means "not set").
+    """
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "pattern": pattern, "unique": unique,
+            "min_items": min_items, "path": path}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class DeviceSection:
+    """Who this box is: the MQTT topics are neopain/<site>/<bed>/... and every message carries the id."""
+
+    id: str = spec("neopain-0001", "Device identifier carried in every message (serial number or asset tag).",
+                   pattern=_NAME_RE)
+    site: str = spec("site", "Site (hospital/unit) topic level.", pattern=_NAME_RE)
+    bed: str = spec("bed-01", "Bed topic level.", pattern=_NAME_RE)
+
+
+@dataclass(frozen=True)
+class CameraSection:
+    """The face camera (see appliance/sources/camera.py)."""
+
+    enabled: bool = spec(True, "Use the camera; false runs without the video modality.")
+    source: int | str = spec("/dev/video0", "Device index (0), /dev/videoN path, GStreamer pipeline ending in "
+                             "appsink, or a video file (simulated bed).", min=0)
+    kind: str = spec("auto", "How to open source; auto guesses from its form.",
+                     choices=("auto", "device", "gstreamer", "file"))
+    fps: float = spec(30.0, "Frame rate requested from the device (files: playback rate).", min=1.0, max=120.0)
+    width: int = spec(1280, "Frame width requested from the device, pixels.", min=16, max=7680)
+    height: int = spec(720, "Frame height requested from the device, pixels.", min=16, max=4320)
+    reopen_after_s: float = spec(3.0, "Reopen the camera after this long without a frame, seconds.",
+                                 min=0.5, max=120.0)
+    face_crop_size: int = spec(224, "Side of the square face crop fed to the video network, pixels (must "
+                               "match the model: 224 full, 64 tiny).", min=32, max=1024)
+
+
+@dataclass(frozen=True)
+class MicrophoneSection:
+    """The cry microphone (ALSA)."""
+
+    enabled: bool = spec(True, "Use the microphone; false runs without the audio modality.")
+    device: str = spec("default", "ALSA PCM name (arecord -L), e.g. default, hw:1,0, plughw:CARD=Mic.")
+    rate: int = spec(16000, "Capture rate, Hz; the audio networks are trained at 16 kHz.", choices=(16000,))
+    period_frames: int = spec(1024, "ALSA period size, frames per read.", min=64, max=16384)
+
+
+@dataclass(frozen=True)
+class MonitorSection:
+    """The patient monitor's serial export (HR, SpO2)."""
+
+    enabled: bool = spec(True, "Read the monitor; false runs without the vitals modality.")
+    port: str = spec("/dev/ttyUSB0", "Serial device of the monitor's data port.")
+    baud: int = spec(9600, "Serial speed, baud.", choices=_BAUDS)
+    protocol: str = spec("auto", "Monitor protocol; auto tries each on connect.",
+                         choices=("masimo", "intellivue", "auto"))
+
+
+@dataclass(frozen=True)
+class ScoringSection:
+    """The scoring loop: cadence, freshness and the engines."""
+
+    cadence_s: float = spec(2.0, "Score every this many seconds.", min=0.25, max=60.0)
+    max_age_video_s: float = spec(1.0, "A video window whose newest frame is older than this is not used, s.",
+                                  min=0.05, max=60.0)
+    max_age_audio_s: float = spec(1.0, "An audio window whose newest sample is older than this is not used, s.",
+                                  min=0.05, max=60.0)
+    max_age_vitals_s: float = spec(5.0, "A vitals window whose newest reading is older than this is not used, s.",
+                                   min=0.5, max=300.0)
+    model_config: str = spec("full", "Network size the engines were built for.", choices=_MODEL_CONFIGS)
+    backends: list[str] = spec(list(_BACKENDS), "Engine backends to try, first that loads wins.",
+                               choices=_BACKENDS, unique=True, min_items=1)
+    model_dir: str = spec("/opt/neopain/models", "Folder with the exported ONNX models and weights.", path=True)
+    engine_cache_dir: str = spec("/var/cache/neopain/engines", "Built engines (systemd CacheDirectory=neopain).",
+                                 path=True)
+
+
+@dataclass(frozen=True)
+class MqttSection:
+    """The broker connection. Secrets come from files or systemd credentials, never from this file."""
+
+    host: str = spec("127.0.0.1", "Broker host name or address.")
+    port: int = spec(1883, "Broker port (8883 is the usual TLS port).", min=1, max=65535)
+    client_id: str = spec("", "MQTT client id; empty uses device.id.")
+    tls_ca_file: str = spec("", "CA certificate (PEM) that signed the broker's certificate; non-empty turns on "
+                            "TLS. Empty: plain TCP.", path=True)
+    tls_cert_file: str = spec("", "Client certificate (PEM) for mutual TLS; empty: none.", path=True)
+    tls_key_file: str = spec("", "Client key (PEM) if not given as a systemd credential; must not be readable "
+                             "by others.", path=True)
+    tls_key_credential: str = spec("mqtt-tls-key", "systemd credential holding the client key (used when "
+                                   "present in $CREDENTIALS_DIRECTORY).", pattern=_NAME_RE)
+    username: str = spec("", "Broker user name; empty: anonymous.")
+    password_file: str = spec("", "File holding the broker password if not given as a systemd credential; "
+                              "must not be readable by others.", path=True)
+    password_credential: str = spec("mqtt-password", "systemd credential holding the broker password (used "
+                                    "when present in $CREDENTIALS_DIRECTORY).", pattern=_NAME_RE)
+    keepalive_s: int = spec(30, "MQTT keepalive, seconds.", min=5, max=3600)
+    qos: int = spec(1, "QoS of score messages; at least 1 so that the outbox can wait for PUBACK.", min=1, max=2)
+    message_expiry_s: int = spec(10, "MQTT 5 message expiry of a score: a stale score is dropped, not delivered "
+                                 "late as current, seconds.", min=1, max=3600)
+    health_interval_s: float = spec(30.0, "Publish the retained health message every this many seconds.",
+                                    min=1.0, max=3600.0)
+    publish_vitals: bool = spec(False, "Also publish HR/SpO2 as read, 1 Hz, on <prefix>/vitals.")
+
+
+@dataclass(frozen=True)
+class OutboxSection:
+    """The disk outbox: every score is written here before publishing and removed on PUBACK."""
+
+    path: str = spec("/var/lib/neopain/outbox.sqlite3", "Outbox database (systemd StateDirectory=neopain).",
+                     path=True)
+    max_rows: int = spec(100000, "Most scores kept while the broker is away; the oldest are dropped (and "
+                         "counted) beyond this.", min=1, max=10_000_000)
+
+
+@dataclass(frozen=True)
+class CalibrationSection:
+    """The site calibration map from model output to NIPS."""
+
+    bundle: str = spec("/var/lib/neopain/calibration/current", "Installed site calibration bundle (see calibration/).",
+                       path=True)
+
+
+@dataclass(frozen=True)
+class DebugSection:
+    """Diagnostics. Raw video and audio never leave the device, even when saved."""
+
+    save_raw_media: bool = spec(False, "Save raw frames and audio on the device for debugging (patient data: "
+                                "leave false in clinical use).")
+    log_level: str = spec("info", "Lowest level logged.", choices=("debug", "info", "warning", "error"))
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole appliance configuration; ``source`` is the file it was read from (not a TOML key)."""
+
+    device: DeviceSection = field(default_factory=DeviceSection)
+    camera: CameraSection = field(default_factory=CameraSection)
+    microphone: MicrophoneSection = field(default_factory=MicrophoneSection)
+    monitor: MonitorSection = field(default_factory=MonitorSection)
+    scoring: ScoringSection = field(default_factory=ScoringSection)
+    mqtt: MqttSection = field(default_factory=MqttSection)
+    outbox: OutboxSection = field(default_factory=OutboxSection)
+    calibration: CalibrationSection = field(default_factory=CalibrationSection)
+    debug: DebugSection = field(default_factory=DebugSection)
+    source: Path | None = field(default=None, compare=False, metadata={"not_toml": True})
+
+    @property
+    def topic_prefix(self) -> str:
+        """``neopain/<site>/<bed>``: every topic of this bed lives under it."""
+        return f"neopain/{self.device.site}/{self.device.bed}"
+
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.mqtt.client_id or self.device.id
+
+
+def sections() -> list[dataclasses.Field]:
+    """The TOML sections of :class:`Config`, in file order."""
+    return [f for f in dataclasses.fields(Config) if not f.metadata.get("not_toml")]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Line numbers: tomllib gives none for keys, so find them in the text.
+
+
+def _strip_value(text: str, state: dict[str, Any]) -> None:
+    """Advance ``state`` (open multi-line string delimiter, bracket depth) over one line of a TOML value."""
+    i = 0
+    n = len(text)
+    while i < n:
+        ml = state["ml"]
+        if ml:
+            if ml == '"""' and text[i] == "\\":
+                i += 2
+                continue
+            if text.startswith(ml, i):
+                state["ml"] = None
+                i += 3
+                continue
+            i += 1
+            continue
+        c = text[i]
+        if c == "#":
+            return
+        if text.startswith('"""', i) or text.startswith("'''", i):
+            state["ml"] = text[i:i + 3]
+            i += 3
+            continue
+        if c == '"':
+            i += 1
+            while i < n and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+            i += 1
+            continue
+        if c == "'":
+            end = text.find("'", i + 1)
+            i = n if end < 0 else end + 1
+            continue
+        if c in "[{":
+            state["depth"] += 1
+        elif c in "]}":
+            state["depth"] -= 1
+        i += 1
+
+
+def _find_unquoted(text: str, char: str) -> int:
+    """Index of the first ``char`` outside quotes in ``text``, or -1."""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == char:
+            return i
+        if c == '"':
+            i += 1
+            while i < len(text) and text[i] != '"':
+                i += 2 if text[i] == "\\" else 1
+        elif c == "'":
+            end = text.find("'", i + 1)
+            if end < 0:
+                return -1
+            i = end
+        i += 1
+    return -1
+
+
+def _flatten_single(d: Mapping[str, Any]) -> tuple[str, ...]:
+    """The one key path of a dict like {"a": {"b": 0}} -> ("a", "b")."""
+    path: list[str] = []
+    while isinstance(d, Mapping) and len(d) == 1:
+        (k, v), = d.items()
+        path.append(k)
+        d = v
+    return tuple(path)
+
+
+def key_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map every table header and key path in TOML ``text`` to its 1-based line.
+
+    Key spellings (bare, quoted, dotted) are decoded by tomllib itself on the key fragment, so ``"port"``,
+    ``port`` and ``mqtt.port`` under ``[ ]`` all land on the same path. Lines inside multi-line strings and
+    arrays are skipped. Keys inside inline tables are not listed (errors fall back to the enclosing key).
+    """
+    lines: dict[tuple[str, ...], int] = {}
+    table: tuple[str, ...] = ()
+    state: dict[str, Any] = {"ml": None, "depth": 0}
+    for lineno, raw in enumerate(text.splitlines(), start=1):
+        if state["ml"] or state["depth"] > 0:
+            _strip_value(raw, state)
+            continue
+        s = raw.strip()
+        if not s or s.startswith("#"):
+            continue
+        if s.startswith("["):
+            array = s.startswith("[[")
+            close = _find_unquoted(s, "]")
+            inner = s[2 if array else 1:close] if close > 0 else ""
+            try:
+                table = _flatten_single(tomllib.loads(f"[{inner}]"))
+            except tomllib.TOMLDecodeError:
+                continue  # tomllib reports the syntax error with its own line number
+            lines.setdefault(table, lineno)
+            continue
+        eq = _find_unquoted(s, "=")
+        if eq <= 0:
+            continue
+        try:
+            rel = _flatten_single(tomllib.loads(s[:eq] + "= 0"))
+        except tomllib.TOMLDecodeError:
+            continue
+        for k in range(1, len(rel) + 1):
+            lines.setdefault(table + rel[:k], lineno)
+        _strip_value(s[eq + 1:], state)
+    return lines
+
+
+class _Locator:
+    """Finds the line of a key path, falling back to its nearest listed ancestor."""
+
+    def __init__(self, file: Path | str, text: str) -> None:
+        self.file = file
+        self.lines = key_lines(text)
+
+    def line(self, path: tuple[str, ...]) -> int | None:
+        for k in range(len(path), 0, -1):
+            if path[:k] in self.lines:
+                return self.lines[path[:k]]
+        return None
+
+    def error(self, path: tuple[str, ...], message: str) -> ConfigError:
+        return ConfigError(message, file=self.file, key=".".join(path), line=self.line(path))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Validation
+
+
+def _type_name(tp: Any) -> str:
+    names = {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0]).removeprefix('a ').removeprefix('an ')}s"
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+def _toml_kind(value: Any) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "table"}.get(type(value), type(value).__name__)
+
+
+def _coerce(value: Any, tp: Any) -> tuple[bool, Any]:
+    """(ok, value) for a TOML ``value`` against annotation ``tp``; ints are accepted as floats, bools never as
+    numbers (``true`` for a port is a mistake, not 1)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        for arg in typing.get_args(tp):
+            ok, v = _coerce(value, arg)
+            if ok:
+                return True, v
+        return False, None
+    if typing.get_origin(tp) is list:
+        if not isinstance(value, list):
+            return False, None
+        (item_tp,) = typing.get_args(tp)
+        out = []
+        for item in value:
+            ok, v = _coerce(item, item_tp)
+            if not ok:
+                return False, None
+            out.append(v)
+        return True, out
+    if tp is bool:
+        return isinstance(value, bool), value
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False, None
+        return True, float(value)
+    if tp is str:
+        return isinstance(value, str), value
+    raise TypeError(f"unsupported config annotation {tp!r}")
+
+
+def _check_value(f: dataclasses.Field, value: Any) -> str | None:
+    """The bound or choice ``value`` violates, as a message, or None."""
+    m = f.metadata
+    items = value if isinstance(value, list) else [value]
+    if isinstance(value, list):
+        if m["min_items"] is not None and len(value) < m["min_items"]:
+            return f"needs at least {m['min_items']} item(s)"
+        if m["unique"] and len(set(value)) != len(value):
+            return f"items must not repeat, got {value!r}"
+    for item in items:
+        if m["choices"] is not None and item not in m["choices"]:
+            return f"must be one of {', '.join(map(repr, m['choices']))}; got {item!r}"
+        if isinstance(item, (int, float)) and not isinstance(item, bool):
+            if m["min"] is not None and item < m["min"]:
+                return f"must be at least {m['min']}, got {item!r}"
+            if m["max"] is not None and item > m["max"]:
+                return f"must be at most {m['max']}, got {item!r}"
+        if isinstance(item, str):
+            if m["pattern"] is not None and not re.match(m["pattern"], item):
+                return f"{item!r} is not allowed here (letters, digits, '_', '.', '-'; at most 64; no '/', '+', '#')"
+            if any(ord(ch) < 32 for ch in item):
+                return "must not contain control characters"
+    return None
+
+
+def _build_section(cls: type, name: str, table: Any, loc: _Locator, base: Path) -> Any:
+    if not isinstance(table, dict):
+        raise loc.error((name,), f"must be a table [{name}], got {_toml_kind(table)}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    values: dict[str, Any] = {}
+    for key, value in table.items():
+        if (name, key) in _FORBIDDEN_SECRETS:
+            raise loc.error((name, key), _FORBIDDEN_SECRETS[(name, key)])
+        if key not in known:
+            raise loc.error((name, key), f"unknown key (known in [{name}]: {', '.join(known)})")
+        f = known[key]
+        ok, coerced = _coerce(value, hints[key])
+        if not ok:
+            raise loc.error((name, key), f"must be {_type_name(hints[key])}, got {_toml_kind(value)} {value!r}")
+        problem = _check_value(f, coerced)
+        if problem:
+            raise loc.error((name, key), problem)
+        if f.metadata["path"] and coerced:
+            as_path = Path(coerced).expanduser()
+            coerced = str(as_path if as_path.is_absolute() else base / as_path)
+        values[key] = coerced
+    return cls(**values)
+
+
+def _check_permissions(path: Path) -> None:
+    """Refuse a config file that others may write (they could point the device at their broker)."""
+    mode = path.stat().st_mode
+    if mode & stat.S_IWOTH:
+        raise ConfigError(f"config file is writable by others (mode {stat.S_IMODE(mode):04o}); run chmod o-w",
+                          file=path)
+
+
+def parse_config(text: str, *, file: Path | str = "<config>", base: Path | None = None) -> Config:
+    """Validate TOML ``text`` into a :class:`Config`; relative paths resolve against ``base``.
+
+    Raises :class:`ConfigError` (one line, naming file, line and key) on the first problem in file order.
+    """
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        match = re.search(r"line (\d+)", str(exc))
+        raise ConfigError(f"not valid TOML: {exc}", file=file,
+                          line=int(match.group(1)) if match else None) from None
+    loc = _Locator(file, text)
+    base = base if base is not None else Path(str(file)).parent
+    known = {f.name: f for f in sections()}
+    built: dict[str, Any] = {}
+    for name, table in data.items():
+        if name not in known:
+            raise loc.error((name,), f"unknown section (known: {', '.join(known)})")
+        built[name] = _build_section(known[name].default_factory, name, table, loc, base)  # type: ignore[misc]
+    config = Config(**built, source=Path(str(file)) if file != "<config>" else None)
+    _cross_checks(config, loc)
+    return config
+
+
+def _cross_checks(config: Config, loc: _Locator) -> None:
+    """Rules that span keys."""
+    m = config.mqtt
+    if m.tls_cert_file and not m.tls_ca_file:
+        raise loc.error(("mqtt", "tls_cert_file"), "a client certificate needs TLS: set mqtt.tls_ca_file too")
+    if m.tls_key_file and not m.tls_cert_file:
+        raise loc.error(("mqtt", "tls_key_file"), "a client key without mqtt.tls_cert_file is never used")
+    if m.password_file and not m.username:
+        raise loc.error(("mqtt", "password_file"), "a password without mqtt.username is never sent")
+    if m.message_expiry_s < config.scoring.cadence_s:
+        raise loc.error(("mqtt", "message_expiry_s"),
+                        f"scores would expire ({m.message_expiry_s} s) before the next one is made "
+                        f"(scoring.cadence_s = {config.scoring.cadence_s} s)")
+    if config.camera.enabled and config.camera.source == "":
+        raise loc.error(("camera", "source"), "is empty; give a device index, path, pipeline or file")
+    if not (config.camera.enabled or config.microphone.enabled or config.monitor.enabled):
+        raise loc.error(("camera", "enabled"), "every source is disabled: nothing could be scored")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Secrets
+
+
+def _credential(name: str) -> Path | None:
+    """``$CREDENTIALS_DIRECTORY/<name>`` when systemd loaded that credential, else None."""
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory:
+        candidate = Path(directory) / name
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _secret_path(config: Config, credential: str, file_key: str) -> tuple[Path | None, str]:
+    """Where a secret comes from: the systemd credential if loaded, else the ``mqtt.<file_key>`` file."""
+    cred = _credential(credential)
+    if cred is not None:
+        return cred, f"credential {credential!r}"
+    value = getattr(config.mqtt, file_key)
+    return (Path(value) if value else None), f"mqtt.{file_key}"
+
+
+def _read_secret(path: Path, what: str, *, check_others: bool, loc: _Locator | None, key: tuple[str, ...]) -> bytes:
+    def fail(message: str) -> ConfigError:
+        if loc is not None:
+            return loc.error(key, message)
+        return ConfigError(message, key=".".join(key))
+
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise fail(f"cannot read secret {path} ({what}): {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise fail(f"secret {path} ({what}) is not a regular file")
+    if check_others and st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise fail(f"secret {path} is readable or writable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
+                   f"run chmod o-rwx")
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise fail(f"cannot read secret {path} ({what}): {exc.strerror}") from None
+
+
+def mqtt_password(config: Config, *, _loc: _Locator | None = None) -> str | None:
+    """The broker password (systemd credential first, then ``mqtt.password_file``), or None when not set.
+
+    Trailing newlines are stripped (``echo secret > file``); the value is never stored on the Config so that
+    it cannot end up in a repr, a log line or a health message.
+    """
+    path, what = _secret_path(config, config.mqtt.password_credential, "password_file")
+    if path is None or not config.mqtt.username:
+        return None
+    raw = _read_secret(path, what, check_others=what.startswith("mqtt."), loc=_loc, key=("mqtt", "password_file"))
+    try:
+        return raw.decode("utf-8").rstrip("\r\n")
+    except UnicodeDecodeError:
+        raise ConfigError(f"secret {path} is not UTF-8 text", key="mqtt.password_file") from None
+
+
+def mqtt_tls_keyfile(config: Config, *, _loc: _Locator | None = None) -> Path | None:
+    """The client key file to hand to TLS (credential first, then ``mqtt.tls_key_file``); None without client
+    certificate. Checked readable and not exposed to others."""
+    if not config.mqtt.tls_cert_file:
+        return None
+    path, what = _secret_path(config, config.mqtt.tls_key_credential, "tls_key_file")
+    if path is None:
+        err = ("mqtt", "tls_cert_file")
+        message = (f"a client certificate needs its key: set mqtt.tls_key_file or load the systemd credential "
+                   f"{config.mqtt.tls_key_credential!r}")
+        raise _loc.error(err, message) if _loc else ConfigError(message, key=".".join(err))
+    _read_secret(path, what, check_others=what.startswith("mqtt."), loc=_loc, key=("mqtt", "tls_key_file"))
+    return path
+
+
+def _check_readable(config: Config, loc: _Locator) -> None:
+    """Certificates are public but must exist and be readable by the service."""
+    for key in ("tls_ca_file", "tls_cert_file"):
+        value = getattr(config.mqtt, key)
+        if value:
+            try:
+                with open(value, "rb"):
+                    pass
+            except OSError as exc:
+                raise loc.error(("mqtt", key), f"cannot read {value}: {exc.strerror}") from None
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate ``path`` (syntax, types, bounds, cross-key rules); secrets are not touched.
+
+    ``neopain run`` should call :func:`check_config` instead, so that it refuses exactly what
+    ``neopain config check`` refuses."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError("config file not found", file=path) from None
+    except UnicodeDecodeError:
+        raise ConfigError("config file is not UTF-8 text", file=path) from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file: {exc.strerror}", file=path) from None
+    return parse_config(text, file=path, base=path.parent.resolve())
+
+
+def check_config(path: Path | str) -> Config:
+    """Everything ``neopain run`` would refuse, without starting: :func:`load_config`, the config file's own
+    permissions, and every secret and certificate readable (secrets: not by others)."""
+    config = load_config(path)
+    path = Path(path)
+    _check_permissions(path)
+    loc = _Locator(path, path.read_text(encoding="utf-8"))
+    _check_readable(config, loc)
+    mqtt_tls_keyfile(config, _loc=loc)
+    mqtt_password(config, _loc=loc)
+    return config
+
+
+def to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    """The TOML tables of ``config`` (every key, defaults included)."""
+    return {s.name: dataclasses.asdict(getattr(config, s.name)) for s in sections()}
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        # JSON string escaping is valid TOML basic-string escaping for the characters we allow.
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _wrap_comment(text: str, width: int = 110) -> Iterator[str]:
+    line = "#"
+    for word in text.split():
+        if len(line) + 1 + len(word) > width:
+            yield line
+            line = "#"
+        line += " " + word
+    yield line
+
+
+def render_toml(config: Config | None = None, *, docs: bool = True) -> str:
+    """``config`` (default: the defaults) as TOML; with ``docs`` every section and key gets its documentation,
+    bounds and choices as comments. This is how ``systemd/appliance.toml`` is produced."""
+    config = config if config is not None else Config()
+    out: list[str] = []
+    if docs:
+        out += ["# neopain appliance configuration (/etc/neopain/appliance.toml).",
+                "# Checked by `neopain config check --config PATH`; unknown keys are refused. Relative paths are",
+                "# relative to this file's folder. Secrets never go in this file: see [mqtt].", ""]
+    for s in sections():
+        section = getattr(config, s.name)
+        cls = type(section)
+        if docs:
+            out += list(_wrap_comment((cls.__doc__ or "").strip().split("\n\n")[0]))
+        out.append(f"[{s.name}]")
+        for f in dataclasses.fields(cls):
+            if docs:
+                m = f.metadata
+                extra = []
+                if m["min"] is not None and m["max"] is not None:
+                    extra.append(f"range {m['min']}..{m['max']}")
+                elif m["min"] is not None:
+                    extra.append(f"numbers at least {m['min']}")
+                if m["choices"] is not None:
+                    extra.append("one of " + ", ".join(map(str, m["choices"])))
+                out += list(_wrap_comment(m["doc"] + (f" ({'; '.join(extra)})" if extra else "")))
+            out.append(f"{f.name} = {_toml_value(getattr(section, f.name))}")
+        out.append("")
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI glue: the lead wires these into appliance/cli.py as `neopain config check`.
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``neopain config check``."""
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"appliance config file (default: {DEFAULT_CONFIG_PATH})")
+
+
+def run_config_check(args: argparse.Namespace) -> int:
+    """Print ``OK`` (exit 0) or the one error line on stderr (exit 2)."""
+    try:
+        check_config(args.config)
+    except ConfigError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return 2
+    print("OK")
+    return 0
