@@ -24,6 +24,43 @@ def _demo(args: argparse.Namespace) -> int:
     return run_smoke_demo(config_name=args.config, seed=args.seed)
 
 
+def _synth(args: argparse.Namespace) -> int:
+    from models.data.synth import run_synth
+
+    return run_synth(args)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from appliance.config import run_config_check
+
+    return run_config_check(args)
+
+
+def _train(args: argparse.Namespace) -> int:
+    from models.configs import get_config
+    from models.train import TrainConfig, run_training
+
+    train_cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed, device=args.device
+    )
+    kinds = [k.strip() for k in args.models.split(",") if k.strip()]
+    path = run_training(args.data, args.out, get_config(args.config), train_cfg, kinds, progress=not args.quiet)
+    print(f"out-of-fold predictions: {path}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from models.evaluate import evaluate
+
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / "report"
+    evaluate(run / "predictions.csv", out)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neopain", description="Bedside neonatal pain estimation (NIPS 0-7).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -38,6 +75,39 @@ def build_parser() -> argparse.ArgumentParser:
     summary = models_sub.add_parser("summary", help="parameters and GMACs of every network for its input")
     summary.add_argument("--config", default="full", choices=["tiny", "full"], help="network size (default: full)")
     summary.set_defaults(handler=_models_summary)
+
+    synth = sub.add_parser("synth", help="generate a synthetic neonatal cohort in the dataset layout")
+    from models.data.synth import add_synth_arguments
+
+    add_synth_arguments(synth)
+    synth.set_defaults(handler=_synth)
+
+    train = sub.add_parser("train", help="subject-wise k-fold training of the fusion model and the baselines")
+    train.add_argument("--data", required=True, help="dataset root (see docs/dataset.md)")
+    train.add_argument("--out", required=True, help="run folder: checkpoints, samples cache, predictions.csv")
+    train.add_argument("--config", default="tiny", choices=["tiny", "full"], help="network size (default: tiny)")
+    train.add_argument("--models", default="fusion,video,audio,vitals,early", help="comma-separated model kinds")
+    train.add_argument("--folds", type=int, default=4)
+    train.add_argument("--epochs", type=int, default=30)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: CUDA when present)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser("evaluate", help="clinical evaluation report (Markdown + PNG) of a training run")
+    evaluate.add_argument("--run", required=True, help="run folder written by `neopain train`")
+    evaluate.add_argument("--out", help="report folder (default: RUN/report)")
+    evaluate.set_defaults(handler=_evaluate)
+
+    config = sub.add_parser("config", help="appliance configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
+    check = config_sub.add_parser("check", help="validate a config file without starting anything")
+    from appliance.config import add_config_arguments
+
+    add_config_arguments(check)
+    check.set_defaults(handler=_config_check)
 
     return parser
 

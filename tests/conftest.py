@@ -1,4 +1,5 @@
-"""Project-wide test settings: deterministic torch, and a bounded thread count for 2-core CI machines."""
+"""Project-wide test settings: deterministic torch, and one torch thread: on a 2-core CI machine small
+forwards are ~100x slower with two threads contending with the test process itself."""
 
 import pytest
 import torch
@@ -10,4 +11,4 @@ def _deterministic_torch() -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
