@@ -61,7 +61,22 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _simulate_bed(args: argparse.Namespace) -> int:
+    from appliance.simulate import run_simulate
+
+    return run_simulate(args)
+
+
+def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
+    """The argument parser; with ``argv``, only the chosen subcommand's arguments are built.
+
+    Why: some subcommands' argument builders import heavy modules (scipy, the dataset generator);
+    ``neopain run`` on the device and ``neopain --help`` should not pay for them.
+    """
+
+    def wanted(command: str) -> bool:
+        return argv is None or (len(argv) > 0 and argv[0] == command)
+
     parser = argparse.ArgumentParser(prog="neopain", description="Bedside neonatal pain estimation (NIPS 0-7).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -77,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
     summary.set_defaults(handler=_models_summary)
 
     synth = sub.add_parser("synth", help="generate a synthetic neonatal cohort in the dataset layout")
-    from models.data.synth import add_synth_arguments
+    if wanted("synth"):
+        from models.data.synth import add_synth_arguments
 
-    add_synth_arguments(synth)
+        add_synth_arguments(synth)
     synth.set_defaults(handler=_synth)
 
     train = sub.add_parser("train", help="subject-wise k-fold training of the fusion model and the baselines")
@@ -104,16 +120,25 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="appliance configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")
     check = config_sub.add_parser("check", help="validate a config file without starting anything")
-    from appliance.config import add_config_arguments
+    if wanted("config"):
+        from appliance.config import add_config_arguments
 
-    add_config_arguments(check)
+        add_config_arguments(check)
     check.set_defaults(handler=_config_check)
+
+    bed = sub.add_parser("simulate-bed", help="drive the real input paths from a synthetic recording")
+    if wanted("simulate-bed"):
+        from appliance.simulate import add_simulate_arguments
+
+        add_simulate_arguments(bed)
+    bed.set_defaults(handler=_simulate_bed)
 
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return handler(args)

@@ -153,7 +153,7 @@ def train_model(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
-            losses.append(float(loss))
+            losses.append(loss.item())
         scheduler.step()
         bar.set_postfix(loss=f"{np.mean(losses) if losses else float('nan'):.3f}")
         if checkpoint is not None and dist.is_main:
