@@ -29,7 +29,7 @@ setup(
     extras_require={
         # GPU-only: installed on the Jetson / GPU box, never needed by the CPU install or the tests.
         "jetson": ["tensorrt>=10", "pycuda>=2024.1"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "pingouin>=0.5", "jsonschema>=4.18"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "pingouin>=0.5", "jsonschema>=4.18", "fhir.resources>=8"],
     },
     entry_points={"console_scripts": ["neopain=appliance.cli:main"]},
 )

@@ -67,6 +67,18 @@ def _simulate_bed(args: argparse.Namespace) -> int:
     return run_simulate(args)
 
 
+def _watch(args: argparse.Namespace) -> int:
+    from appliance.station import run_watch
+
+    return run_watch(args)
+
+
+def _bridge(args: argparse.Namespace) -> int:
+    from appliance.station import run_bridge
+
+    return run_bridge(args)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``argv``, only the chosen subcommand's arguments are built.
 
@@ -132,6 +144,16 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
 
         add_simulate_arguments(bed)
     bed.set_defaults(handler=_simulate_bed)
+
+    watch = sub.add_parser("watch", help="central station: live table of every bed on a broker")
+    bridge = sub.add_parser("bridge", help="re-publish scores as FHIR R4 Observations and/or HL7 PCD-01 over MLLP")
+    if wanted("watch") or wanted("bridge"):
+        from appliance.station import add_bridge_arguments, add_watch_arguments
+
+        add_watch_arguments(watch)
+        add_bridge_arguments(bridge)
+    watch.set_defaults(handler=_watch)
+    bridge.set_defaults(handler=_bridge)
 
     return parser
 
