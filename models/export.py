@@ -163,3 +163,225 @@ def onnx_parity(module: nn.Module, path: str | Path, inputs: Mapping[str, torch.
         if want_np.size:
             worst = max(worst, float(np.max(np.abs(got.astype(np.float64) - want_np.astype(np.float64)))))
     return worst
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A model directory for the device: four ONNX parts + estimator.pt + manifest.json (`neopain export`).
+
+PARITY_TOLERANCE = 1e-3  # fp32: ORT and PyTorch agree to ~1e-6; 1e-3 only tolerates kernel-order noise
+
+
+class ExportError(RuntimeError):
+    """An export that must not be installed: bad checkpoint, or a part whose ONNX disagrees with PyTorch."""
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """Hash of every tensor of the state dict (names, shapes, dtypes, bytes): the weights' identity."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        array = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}|{tuple(array.shape)}|{array.dtype}|".encode())
+        digest.update(array.numpy().tobytes() if array.dtype != torch.bfloat16 else array.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_version(model: nn.Module, config_name: str) -> str:
+    """``neopain-<config>-<12 hex of the weights hash>``: changes whenever any weight does."""
+    return f"neopain-{config_name}-{weights_sha256(model)[:12]}"
+
+
+def save_estimator(model: nn.Module, cfg: "ModelConfig", path: str | Path, version: str) -> Path:  # noqa: F821
+    """``estimator.pt`` for the PyTorch backend: state dict + model config (+ version), nothing pickled."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"format": "neopain-estimator/1", "model": model.state_dict(), "model_config": cfg.to_dict(),
+                "model_version": version}, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_estimator_checkpoint(path: str | Path) -> tuple[nn.Module, "ModelConfig"]:  # noqa: F821
+    """A PainEstimator (eval mode) and its config from ``estimator.pt`` or a ``models/train.py`` checkpoint.
+
+    A training checkpoint must be of kind ``fusion`` (the baselines are comparisons, not what the device
+    runs). Errors name the file and the missing/offending key.
+    """
+    from models.configs import ModelConfig
+    from models.estimator import create_pain_estimator
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"checkpoint {path} does not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # pickle/zip errors of a damaged or foreign file
+        raise ExportError(f"checkpoint {path} cannot be read by torch.load ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(data, dict):
+        raise ExportError(f"checkpoint {path} must hold a dict, got {type(data).__name__}")
+    for key in ("model", "model_config"):
+        if key not in data:
+            raise ExportError(f"checkpoint {path} has no key {key!r} (keys: {sorted(data)})")
+    kind = data.get("kind", "fusion")
+    if kind != "fusion":
+        raise ExportError(f"checkpoint {path} is of kind {kind!r}; only the 'fusion' estimator is exported for the device")
+    try:
+        cfg = ModelConfig.from_dict(data["model_config"])
+    except (ValueError, TypeError) as exc:
+        raise ExportError(f"checkpoint {path}: key 'model_config' is not a model config: {exc}") from exc
+    model = create_pain_estimator(cfg)
+    try:
+        model.load_state_dict(data["model"])
+    except RuntimeError as exc:
+        raise ExportError(f"checkpoint {path}: key 'model' does not fit config {cfg.name!r}: {exc}") from exc
+    return model.eval(), cfg
+
+
+def _tensor_specs(tensors: Mapping[str, torch.Tensor], names: Sequence[str]) -> tuple:
+    from models.manifest import TensorSpec
+
+    return tuple(
+        TensorSpec(n, ("batch", *tensors[n].shape[1:]), str(tensors[n].detach().cpu().numpy().dtype)) for n in names
+    )
+
+
+def _parity_batches(cfg: "ModelConfig") -> list[dict[str, torch.Tensor]]:  # noqa: F821
+    """Model inputs for the parity check: batch 1 and 3 (dynamic batch), with absent modalities and padding."""
+    from models.estimator import example_inputs
+
+    batches = [example_inputs(cfg, batch=1, seed=101), example_inputs(cfg, batch=3, seed=103)]
+    presence = batches[1]["presence"]
+    presence[1] = torch.tensor([0.0, 1.0, 1.0])  # no face
+    presence[2] = torch.tensor([1.0, 0.0, 0.0])  # video only
+    return batches
+
+
+def export_model_dir(
+    model: nn.Module,
+    cfg: "ModelConfig",  # noqa: F821
+    out_dir: str | Path,
+    opset: int = 17,
+    tolerance: float = PARITY_TOLERANCE,
+    progress: bool = True,
+) -> "Manifest":  # noqa: F821
+    """Export the four parts of ``model`` to ``out_dir`` with estimator.pt and manifest.json.
+
+    Every part is checked against PyTorch on ONNX Runtime at batch 1 and 3 and the four ONNX files run
+    in sequence are checked against the whole estimator; any error above ``tolerance`` raises
+    :class:`ExportError` and no manifest is written (a device refuses a directory without one).
+    """
+    from tqdm import tqdm
+
+    from models.engines.cache import sha256_file
+    from models.estimator import example_inputs
+    from models.graphs import PART_NAMES, part_inputs, split_estimator
+    from models.manifest import MANIFEST_NAME, Manifest, PartInfo, preprocessing_constants, write_manifest
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST_NAME).unlink(missing_ok=True)  # never leave an old manifest beside new files
+    model.eval()
+    parts = split_estimator(model)
+    example = part_inputs(parts, example_inputs(cfg, batch=2, seed=7))
+    checks = [part_inputs(parts, x) for x in _parity_batches(cfg)]
+    infos: dict[str, PartInfo] = {}
+    for name in tqdm(PART_NAMES, desc="export", unit="part", disable=not progress):
+        part = parts[name]
+        path = export_onnx(part.module, example[name], out / f"{name}.onnx", opset=opset, output_names=part.output_names)
+        error = max(onnx_parity(part.module, path, x[name]) for x in checks)
+        if not error < tolerance:
+            raise ExportError(f"part {name}: ONNX Runtime differs from PyTorch by {error:.3g} (limit {tolerance:g}); export refused")
+        with torch.no_grad():
+            outputs = _as_tuple(part.module(*example[name].values()))
+        infos[name] = PartInfo(
+            onnx=path.name,
+            sha256=sha256_file(path),
+            inputs=_tensor_specs(example[name], part.input_names),
+            outputs=_tensor_specs(dict(zip(part.output_names, outputs)), part.output_names),
+            parity_max_abs_error=error,
+        )
+    end_to_end = _end_to_end_parity(model, out, infos, _parity_batches(cfg))
+    if not end_to_end < tolerance:
+        raise ExportError(f"the four ONNX parts in sequence differ from the estimator by {end_to_end:.3g} (limit {tolerance:g})")
+    version = model_version(model, cfg.name)
+    save_estimator(model, cfg, out / "estimator.pt", version)
+    import onnx as _onnx
+    import onnxruntime as _ort
+
+    manifest = Manifest(
+        model_version=version,
+        config_name=cfg.name,
+        config=cfg.to_dict(),
+        opset=opset,
+        parts=infos,
+        preprocessing=preprocessing_constants(cfg),
+        end_to_end_parity_max_abs_error=end_to_end,
+        exporter={"torch": torch.__version__, "onnx": _onnx.__version__, "onnxruntime": _ort.__version__,
+                  "exporter": "torch.onnx legacy (TorchScript)"},
+    )
+    write_manifest(out, manifest)
+    return manifest
+
+
+def _end_to_end_parity(model: nn.Module, out: Path, infos: Mapping, batches: Sequence[Mapping[str, torch.Tensor]]) -> float:
+    """Max abs error of the ONNX parts run in sequence on ORT vs the whole PyTorch estimator."""
+    import onnxruntime as ort
+
+    sessions = {n: ort.InferenceSession(str(out / info.onnx), providers=["CPUExecutionProvider"]) for n, info in infos.items()}
+    worst = 0.0
+    for inputs in batches:
+        with torch.no_grad():
+            reference = [t.numpy() for t in _as_tuple(model(**inputs))]
+        values = {k: v.numpy() for k, v in inputs.items()}
+        for name, session in sessions.items():
+            got = session.run(list(infos[name].output_names), {n: values[n] for n in infos[name].input_names})
+            values.update(zip(infos[name].output_names, got))
+        for name, want in zip(infos["fusion"].output_names, reference):
+            worst = max(worst, float(np.max(np.abs(values[name].astype(np.float64) - want.astype(np.float64)))))
+    return worst
+
+
+def add_export_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
+    """Arguments of ``neopain export``."""
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="training checkpoint (kind 'fusion', from `neopain train`) or estimator.pt")
+    source.add_argument("--random", action="store_true", help="random weights (for benchmarks and tests)")
+    parser.add_argument("--config", choices=["tiny", "full"], help="network size; required with --random "
+                        "(a checkpoint carries its own, and must match if given)")
+    parser.add_argument("--out", required=True, help="model directory to write (ONNX parts, estimator.pt, manifest.json)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 17-20 (default: 17)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the --random weights")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_export(args: "argparse.Namespace") -> int:  # noqa: F821
+    """``neopain export``: returns 0, or 1 with the reason on stderr."""
+    import sys
+
+    from models.configs import get_config
+    from models.estimator import create_pain_estimator
+
+    if not 17 <= args.opset <= 20:
+        print(f"neopain export: error: --opset must be 17-20, got {args.opset}", file=sys.stderr)
+        return 1
+    try:
+        if args.random:
+            if not args.config:
+                raise ExportError("--random needs --config tiny|full")
+            torch.manual_seed(args.seed)
+            cfg = get_config(args.config)
+            model = create_pain_estimator(cfg).eval()
+        else:
+            model, cfg = load_estimator_checkpoint(args.checkpoint)
+            if args.config and args.config != cfg.name:
+                raise ExportError(f"--config {args.config} but checkpoint {args.checkpoint} holds config {cfg.name!r}")
+        manifest = export_model_dir(model, cfg, args.out, opset=args.opset, progress=not args.quiet)
+    except ExportError as exc:
+        print(f"neopain export: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"exported {manifest.model_version} to {args.out}")
+    for name, part in manifest.parts.items():
+        print(f"  {name:15s} {part.onnx:20s} parity max abs error {part.parity_max_abs_error:.2e}")
+    print(f"  end-to-end parity max abs error {manifest.end_to_end_parity_max_abs_error:.2e}")
+    return 0

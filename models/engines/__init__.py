@@ -2,7 +2,7 @@
 
 Backends: TensorRT (GPU, engines built on the device and cached), ONNX Runtime (CPU by default, CUDA /
 TensorRT execution providers when present) and PyTorch (eager, the reference). The appliance picks one by
-config with a fallback order (:func:`models.engines.select.open_engine`); the CPU default works anywhere.
+config with a fallback order (:func:`models.engines.select.open_scoring_engines`); the CPU default works anywhere.
 """
 
 from models.engines.base import BackendUnavailable, Engine, EngineError

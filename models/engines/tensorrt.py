@@ -77,7 +77,9 @@ class _EntropyCalibrator:
                 self.index += 1
                 pointers = []
                 for name in names:
-                    array = np.ascontiguousarray(batch[name], dtype=np.float32)
+                    # Keep each input's own dtype (the audio masks are bool); only doubles become fp32.
+                    array = np.asarray(batch[name])
+                    array = np.ascontiguousarray(array, dtype=np.float32 if array.dtype == np.float64 else array.dtype)
                     pointers.append(self.buffers.allocate(name, array.shape, array.dtype))
                     self.buffers.to_device(name, array)
                 self.buffers.synchronize()
@@ -195,7 +197,8 @@ class TensorRTEngine(Engine):
             raise EngineError("TensorRT execution failed")
         results = {n: self.buffers.from_device(n, shapes[n]) for n in self.output_names}
         self.buffers.synchronize()
-        return {n: results[n].reshape(shapes[n]).astype(np.float32) for n in self.output_names}
+        # Copy out of the reused page-locked buffers; keep each output's dtype (audio_token_mask is bool).
+        return {n: results[n].reshape(shapes[n]).copy() for n in self.output_names}
 
     def close(self) -> None:
         self.buffers.free()

@@ -1,0 +1,237 @@
+"""``neopain build-engines``: TensorRT plans of the four parts into the engine cache, and the INT8 calibration set.
+
+Why a separate oneshot step (systemd ``neopain-engines.service``): a TensorRT build takes minutes on a
+Jetson and is tied to the GPU and TensorRT version, so it runs on the device, before the daemon, and
+its plans are cached under their full validity key (:mod:`models.engines.cache`): an unchanged device
+never rebuilds.
+
+INT8 calibration windows — the format ``neopain calibrate capture-int8`` writes and ``--calibration``
+reads: a directory of ``*.npz`` files, **one file per window**, holding the six arrays that
+:func:`models.features.inputs.model_inputs` returns, under their estimator input names and **without a
+batch dimension**:
+
+=================  ==================================  =======
+key                shape                               dtype
+=================  ==================================  =======
+``clip``           (3, frames, crop, crop)             float32
+``audio_patches``  (max_patches, 96, 64)               float32
+``audio_pad_mask`` (max_patches,)                      bool
+``vitals_series``  (4, samples)                        float32
+``hrv``            (3,)                                float32
+``presence``       (3,)                                float32
+=================  ==================================  =======
+
+They are model inputs, not raw sensor data: calibration must see exactly the pre-processed
+distribution the engine will see, and these files hold no face images at full resolution or audio that
+could be replayed (only the normalised face crop at network size is kept). Files are read in name
+order. The fusion head is calibrated on the tokens the (ONNX Runtime) encoders produce for the same
+windows. A dataset (docs/dataset.md layout) can be used instead with ``--calibration-dataset``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from models.engines.base import BackendUnavailable, EngineError
+from models.manifest import Manifest, read_manifest, verify_part
+
+log = logging.getLogger(__name__)
+
+EXIT_UNAVAILABLE = 3  # TensorRT or a GPU is missing here (the daemon falls back to ONNX Runtime)
+CALIBRATION_SUFFIX = ".npz"
+
+
+def _window_specs(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], str]]:
+    from models.estimator import INPUT_NAMES
+
+    specs = {t.name: t for p in manifest.parts.values() for t in p.inputs}
+    return {n: (tuple(int(d) for d in specs[n].shape[1:]), specs[n].dtype) for n in INPUT_NAMES}
+
+
+def write_calibration_window(path: str | Path, inputs: Mapping[str, np.ndarray]) -> Path:
+    """Write one calibration window (the arrays of ``model_inputs``, no batch dimension) as ``.npz``."""
+    from models.estimator import INPUT_NAMES
+
+    missing = [n for n in INPUT_NAMES if n not in inputs]
+    if missing:
+        raise ValueError(f"calibration window misses inputs {missing}")
+    path = Path(path)
+    if path.suffix != CALIBRATION_SUFFIX:
+        raise ValueError(f"calibration window files end in {CALIBRATION_SUFFIX}, got {path.name}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **{n: np.asarray(inputs[n]) for n in INPUT_NAMES})
+    return path
+
+
+def read_calibration_dir(directory: str | Path, manifest: Manifest, limit: int | None = None) -> list[dict[str, np.ndarray]]:
+    """The calibration windows in ``directory``, each checked against the model's input shapes.
+
+    Errors name the file and the key (missing, wrong shape, wrong dtype, not an npz).
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise EngineError(f"calibration directory {directory} does not exist")
+    files = sorted(directory.glob(f"*{CALIBRATION_SUFFIX}"))[:limit]
+    if not files:
+        raise EngineError(f"calibration directory {directory} holds no {CALIBRATION_SUFFIX} windows")
+    specs = _window_specs(manifest)
+    windows = []
+    for path in files:
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+        except Exception as exc:  # zipfile/pickle errors of a damaged file
+            raise EngineError(f"calibration window {path} cannot be read ({type(exc).__name__}: {exc})") from exc
+        for name, (shape, dtype) in specs.items():
+            if name not in arrays:
+                raise EngineError(f"calibration window {path}: key {name!r} is missing (has {sorted(arrays)})")
+            if arrays[name].shape != shape:
+                raise EngineError(f"calibration window {path}: key {name!r} has shape {arrays[name].shape}, the model wants {shape}")
+            if np.dtype(dtype) == np.bool_ and arrays[name].dtype != np.bool_:
+                raise EngineError(f"calibration window {path}: key {name!r} must be bool, got {arrays[name].dtype}")
+        windows.append({n: arrays[n].astype(dtype) for n, (_, dtype) in specs.items()})
+    return windows
+
+
+def calibration_from_dataset(dataset: str | Path, manifest: Manifest, limit: int = 64) -> list[dict[str, np.ndarray]]:
+    """Calibration windows pre-processed from a dataset in the neopain layout (first ``limit`` windows)."""
+    from itertools import islice
+
+    from models.data.loader import iter_windows
+    from models.samples import samples_from_windows
+
+    cfg = manifest.model_config()
+    windows = list(islice(iter_windows(dataset, num_frames=cfg.video.frames, vitals_window_s=cfg.vitals.window_s), limit))
+    if not windows:
+        raise EngineError(f"dataset {dataset} has no windows to calibrate with")
+    inputs = samples_from_windows(windows, cfg, progress=False).inputs
+    return [{n: t[i].numpy() for n, t in inputs.items()} for i in range(len(windows))]
+
+
+def part_calibration_batches(
+    model_dir: str | Path, windows: Sequence[Mapping[str, np.ndarray]], batch_size: int = 1
+) -> dict[str, list[dict[str, np.ndarray]]]:
+    """Per part, the calibration batches by input name: encoders get the windows' own arrays, the fusion
+    head the tokens the ONNX encoders compute for them (ONNX Runtime on the CPU)."""
+    from models.engines.runtime import ScoringEngines, stack_windows
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    batches: dict[str, list[dict[str, np.ndarray]]] = {}
+    with ScoringEngines(model_dir, "onnxruntime", ort_providers=("CPUExecutionProvider",)) as engines:
+        for start in range(0, len(windows), batch_size):
+            values, _ = engines.run_values(stack_windows(list(windows[start : start + batch_size])))
+            for name, part in engines.manifest.parts.items():
+                batches.setdefault(name, []).append({n: values[n] for n in part.input_names})
+    return batches
+
+
+def build_engines(
+    model_dir: str | Path,
+    cache_dir: str | Path,
+    precision: str = "fp16",
+    *,
+    calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
+    max_batch: int = 4,
+    force: bool = False,
+) -> list[tuple[str, Path, bool]]:
+    """Build (or find valid in the cache) a TensorRT plan per part; returns (part, path, built) rows.
+
+    Raises :class:`BackendUnavailable` without TensorRT/GPU, :class:`EngineError` for a bad model dir,
+    missing INT8 calibration windows or a failed build. INT8 calibrates at batch 1 (the profile's opt
+    shape, which TensorRT 10 calibrates at).
+    """
+    from tqdm import tqdm
+
+    from models.engines.cache import EngineCache
+    from models.engines.tensorrt import build_cached, tensorrt_available
+
+    ok, reason = tensorrt_available()
+    if not ok:
+        raise BackendUnavailable(reason)
+    manifest = read_manifest(model_dir)
+    paths = {name: verify_part(model_dir, manifest, name) for name in manifest.parts}
+    per_part: dict[str, list[dict[str, np.ndarray]]] = {}
+    if precision == "int8":
+        if not calibration:
+            raise EngineError("INT8 needs calibration windows: --calibration DIR (neopain calibrate capture-int8) or --calibration-dataset DIR")
+        per_part = part_calibration_batches(model_dir, calibration, batch_size=1)
+    cache = EngineCache(cache_dir)
+    cache.directory.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name in tqdm(list(manifest.parts), desc=f"TensorRT {precision}", unit="part"):
+        kwargs = {"max_batch": max_batch, "timing_cache": cache.directory / "timing.cache"}
+        if precision == "int8":
+            kwargs["calibration_batches"] = per_part[name]
+            kwargs["calibration_cache"] = cache.directory / f"{name}.{manifest.model_version}.int8.calib"
+        path, built = build_cached(name, paths[name], precision, cache, force=force, **kwargs)
+        log.info("%s: %s %s", name, "built" if built else "valid in cache", path)
+        rows.append((name, path, built))
+    return rows
+
+
+def add_build_engines_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``neopain build-engines``."""
+    parser.add_argument("--config", help="appliance TOML: takes scoring.model_dir and scoring.engine_cache_dir from it")
+    parser.add_argument("--model-dir", help="exported model directory (overrides the config)")
+    parser.add_argument("--cache-dir", help="engine cache directory (overrides the config)")
+    parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16", help="default: fp16")
+    parser.add_argument("--calibration", help="INT8: directory of .npz calibration windows (neopain calibrate capture-int8)")
+    parser.add_argument("--calibration-dataset", help="INT8: dataset directory to calibrate with instead")
+    parser.add_argument("--calibration-windows", type=int, default=64, help="INT8: windows to use at most (default 64)")
+    parser.add_argument("--max-batch", type=int, default=4, help="largest batch of the optimisation profile (default 4)")
+    parser.add_argument("--force", action="store_true", help="rebuild even when a valid engine is cached")
+
+
+def run_build_engines(args: argparse.Namespace) -> int:
+    """``neopain build-engines``: 0 built/valid, 1 bad input or failed build, 3 TensorRT/GPU unavailable."""
+    model_dir, cache_dir = args.model_dir, args.cache_dir
+    try:
+        if args.config:
+            from appliance.config import ConfigError, load_config
+
+            try:
+                scoring = load_config(args.config).scoring
+            except ConfigError as exc:
+                raise EngineError(str(exc)) from None
+            model_dir = model_dir or scoring.model_dir
+            cache_dir = cache_dir or scoring.engine_cache_dir
+            manifest = read_manifest(model_dir)
+            if manifest.config_name != scoring.model_config:
+                raise EngineError(
+                    f"{args.config}: scoring.model_config is {scoring.model_config!r} but {model_dir} holds a "
+                    f"{manifest.config_name!r} model ({manifest.model_version})"
+                )
+            if "tensorrt" not in scoring.backends:
+                for name in manifest.parts:
+                    verify_part(model_dir, manifest, name)
+                print(f"build-engines: tensorrt is not in scoring.backends {scoring.backends}; nothing to build "
+                      f"({manifest.model_version} in {model_dir} verified)")
+                return 0
+        if not model_dir or not cache_dir:
+            raise EngineError("give --model-dir and --cache-dir, or --config with [scoring] model_dir/engine_cache_dir")
+        calibration = None
+        if args.precision == "int8":
+            manifest = read_manifest(model_dir)
+            if args.calibration:
+                calibration = read_calibration_dir(args.calibration, manifest, limit=args.calibration_windows)
+            elif args.calibration_dataset:
+                calibration = calibration_from_dataset(args.calibration_dataset, manifest, limit=args.calibration_windows)
+        rows = build_engines(model_dir, cache_dir, args.precision, calibration=calibration,
+                             max_batch=args.max_batch, force=args.force)
+    except BackendUnavailable as exc:
+        print(f"neopain build-engines: TensorRT engines cannot be built here: {exc}. The appliance will use the "
+              "next backend in scoring.backends (ONNX Runtime / PyTorch).", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    except EngineError as exc:
+        print(f"neopain build-engines: error: {exc}", file=sys.stderr)
+        return 1
+    for name, path, built in rows:
+        print(f"{name:15s} {'built' if built else 'cached'}  {path}")
+    return 0
