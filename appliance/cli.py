@@ -18,10 +18,22 @@ def _models_summary(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
+def _models_demo(args: argparse.Namespace) -> int:
     from models.demo import run_smoke_demo
 
     return run_smoke_demo(config_name=args.config, seed=args.seed)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from appliance.demo import run_demo
+
+    return run_demo(args)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from appliance.daemon import run_daemon
+
+    return run_daemon(args)
 
 
 def _synth(args: argparse.Namespace) -> int:
@@ -79,6 +91,24 @@ def _bridge(args: argparse.Namespace) -> int:
     return run_bridge(args)
 
 
+def _export(args: argparse.Namespace) -> int:
+    from models.export import run_export
+
+    return run_export(args)
+
+
+def _build_engines(args: argparse.Namespace) -> int:
+    from models.engines.build import run_build_engines
+
+    return run_build_engines(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from models.bench import run_bench
+
+    return run_bench(args)
+
+
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     """The argument parser; with ``argv``, only the chosen subcommand's arguments are built.
 
@@ -92,9 +122,18 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neopain", description="Bedside neonatal pain estimation (NIPS 0-7).")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    demo = sub.add_parser("demo", help="run the demo (currently: the model smoke demo on the CPU)")
-    demo.add_argument("--config", default="tiny", choices=["tiny", "full"], help="network size (default: tiny)")
-    demo.add_argument("--seed", type=int, default=0)
+    run = sub.add_parser("run", help="the bedside daemon: sensors -> windows -> engines -> score -> MQTT")
+    if wanted("run"):
+        from appliance.daemon import add_run_arguments
+
+        add_run_arguments(run)
+    run.set_defaults(handler=_run)
+
+    demo = sub.add_parser("demo", help="mosquitto + simulated bed + daemon on the CPU + a score subscriber")
+    if wanted("demo"):
+        from appliance.demo import add_demo_arguments
+
+        add_demo_arguments(demo)
     demo.set_defaults(handler=_demo)
 
     models = sub.add_parser("models", help="inspect the networks")
@@ -102,6 +141,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     summary = models_sub.add_parser("summary", help="parameters and GMACs of every network for its input")
     summary.add_argument("--config", default="full", choices=["tiny", "full"], help="network size (default: full)")
     summary.set_defaults(handler=_models_summary)
+    smoke = models_sub.add_parser("demo", help="one synthetic window through the (untrained) estimator, every modality subset")
+    smoke.add_argument("--config", default="tiny", choices=["tiny", "full"], help="network size (default: tiny)")
+    smoke.add_argument("--seed", type=int, default=0)
+    smoke.set_defaults(handler=_models_demo)
 
     synth = sub.add_parser("synth", help="generate a synthetic neonatal cohort in the dataset layout")
     if wanted("synth"):
@@ -128,6 +171,27 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     evaluate.add_argument("--run", required=True, help="run folder written by `neopain train`")
     evaluate.add_argument("--out", help="report folder (default: RUN/report)")
     evaluate.set_defaults(handler=_evaluate)
+
+    export = sub.add_parser("export", help="export the estimator's four parts to ONNX with a manifest and parity check")
+    if wanted("export"):
+        from models.export import add_export_arguments
+
+        add_export_arguments(export)
+    export.set_defaults(handler=_export)
+
+    build = sub.add_parser("build-engines", help="build and cache TensorRT FP16/INT8 engines on this GPU")
+    if wanted("build-engines"):
+        from models.engines.build import add_build_engines_arguments
+
+        add_build_engines_arguments(build)
+    build.set_defaults(handler=_build_engines)
+
+    bench = sub.add_parser("bench", help="latency/throughput/memory of each available backend, with pre-processing")
+    if wanted("bench"):
+        from models.bench import add_bench_arguments
+
+        add_bench_arguments(bench)
+    bench.set_defaults(handler=_bench)
 
     config = sub.add_parser("config", help="appliance configuration")
     config_sub = config.add_subparsers(dest="config_command", required=True, metavar="SUBCOMMAND")

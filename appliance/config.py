@@ -110,6 +110,7 @@ class CameraSection:
                                  min=0.5, max=120.0)
     face_crop_size: int = spec(224, "Side of the square face crop fed to the video network, pixels (must "
                                "match the model: 224 full, 64 tiny).", min=32, max=1024)
+    loop: bool = spec(False, "Replay a video-file source from its start when it ends (simulated bed only).")
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ class MicrophoneSection:
     device: str = spec("default", "ALSA PCM name (arecord -L), e.g. default, hw:1,0, plughw:CARD=Mic.")
     rate: int = spec(16000, "Capture rate, Hz; the audio networks are trained at 16 kHz.", choices=(16000,))
     period_frames: int = spec(1024, "ALSA period size, frames per read.", min=64, max=16384)
+    pace_realtime: bool = spec(False, "Pace reads to real time: only for a replayed file through ALSA's file "
+                               "plugin (simulated bed), which returns data as fast as it is read.")
 
 
 @dataclass(frozen=True)

@@ -435,20 +435,15 @@ class SimulatedBed:
         """Config values pointing an appliance at this bed, by TOML section, plus ``env`` (not a TOML
         section: the process environment, see :meth:`environment`).
 
-        Keys are the field names of :mod:`appliance.config`; ``camera.loop`` and ``microphone.alsa_config_path``
-        are included only once those sections have such fields.
+        Keys are the field names of :mod:`appliance.config`.
         """
-        from appliance.config import CameraSection, MicrophoneSection
-
         width, height = self.recording.video_size
         camera: dict[str, Any] = {"enabled": True, "source": self.camera_source, "kind": "file",
                                   "fps": round(min(max(self.camera_fps, 1.0), 120.0), 6),
-                                  "width": width, "height": height}
-        microphone: dict[str, Any] = {"enabled": True, "device": self.alsa_device, "rate": PCM_RATE}
-        if "loop" in _field_names(CameraSection):
-            camera["loop"] = self.loop
-        if "alsa_config_path" in _field_names(MicrophoneSection):
-            microphone["alsa_config_path"] = str(self.alsa_config_path)
+                                  "width": width, "height": height, "loop": self.loop}
+        # The file plugin returns data as fast as it is read: the microphone must pace itself.
+        microphone: dict[str, Any] = {"enabled": True, "device": self.alsa_device, "rate": PCM_RATE,
+                                      "pace_realtime": True}
         monitor = {"enabled": True, "port": self.serial_port, "protocol": self.protocol,
                    "baud": DEFAULT_BAUD[self.protocol]}
         return {"camera": camera, "microphone": microphone, "monitor": monitor, "env": self.environment()}

@@ -18,7 +18,7 @@ def neopain(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 def test_help_lists_subcommands():
     out = neopain("--help")
     assert out.returncode == 0
-    for command in ("demo", "models", "synth", "train", "evaluate", "config"):
+    for command in ("demo", "run", "models", "synth", "train", "evaluate", "config", "simulate-bed", "watch", "bridge", "export", "build-engines", "bench"):
         assert command in out.stdout
 
 
@@ -40,7 +40,7 @@ def test_summary_estimator_costs_at_least_its_video_encoder():
 
 
 def test_smoke_demo_scores_every_modality_subset():
-    out = neopain("demo", "--config", "tiny")
+    out = neopain("models", "demo", "--config", "tiny")
     assert out.returncode == 0, out.stderr
     rows = [line for line in out.stdout.splitlines() if re.match(r"^(video|audio|vitals)", line)]
     assert len(rows) == 7

@@ -1,0 +1,401 @@
+"""``neopain run``: the bedside daemon. Wires config -> sources -> ring buffers -> scoring pipeline -> MQTT.
+
+Why the order of start-up: systemd (``Type=notify``) must only hear ``READY=1`` when the device can really
+score -- sources opened and engines loaded -- so start-up is: check the config (exit 2 on the first error,
+one line), install the signal handlers (a SIGTERM during a slow engine load still stops cleanly), start the
+publisher (so health can say what is wrong even if the engines fail), open the engines (exit 3 when no
+backend loads, after publishing a ``no_score`` health saying so), load the calibration map (exit 2 when the
+installed file is invalid), open the sources and wait (bounded) for them, then ``READY=1`` and the scoring
+loop. A source that does not open in time does not block readiness forever: each source reconnects on its
+own and the health message and ``STATUS=`` say which one is missing.
+
+Signals: SIGTERM/SIGINT stop gracefully (``STOPPING=1``, finish the cycle, stop sources, publish ``offline``,
+leave unacknowledged scores in the outbox for the next start); SIGHUP reloads the calibration map (the
+scoring thread does it between cycles; a bad file keeps the previous map).
+
+Exit codes: 0 clean stop, 1 unexpected failure, 2 configuration error (config file, secrets, calibration
+file), 3 no engine backend could load the model.
+
+Simulated beds set ``camera.loop`` (replay the recording's video file forever) and
+``microphone.pace_realtime`` (a PCM replayed through ALSA's file plugin is not paced); a real device
+sets neither.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from appliance import service
+from appliance.buffers import ModalityBuffers, VitalsSample, extend_rr
+from appliance.calibration_map import CalibrationError, CalibrationStage
+from appliance.config import DEFAULT_CONFIG_PATH, Config, ConfigError, check_config, mqtt_tls_keyfile
+
+log = logging.getLogger("neopain.daemon")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_ENGINES = 3
+
+#: How long start-up waits for the enabled sources to open before declaring READY anyway (degraded).
+SOURCE_OPEN_TIMEOUT_S = 15.0
+STATUS_INTERVAL_S = 5.0
+
+
+# ------------------------------------------------------------------------------------------------- sources
+class Sources:
+    """The enabled sensors feeding one :class:`ModalityBuffers`; owns their threads and reports health."""
+
+    def __init__(self, config: Config, buffers: ModalityBuffers, publisher: Any = None) -> None:
+        self.config = config
+        self.buffers = buffers
+        self.publisher = publisher
+        self.camera: Any = None
+        self.tracker: Any = None
+        self.microphone: Any = None
+        self.cry: Any = None
+        self.monitor: Any = None
+        self.sink_errors = 0
+
+    def open(self) -> "Sources":
+        cfg = self.config
+        if cfg.camera.enabled:
+            from appliance.sources.camera import Camera, CameraConfig
+            from appliance.sources.face import FaceConfig, FaceTracker
+
+            kind = None if cfg.camera.kind == "auto" else cfg.camera.kind
+            cam_cfg = CameraConfig(source=cfg.camera.source, kind=kind, fps=cfg.camera.fps, width=cfg.camera.width,
+                                   height=cfg.camera.height, watchdog_s=cfg.camera.reopen_after_s,
+                                   loop=cfg.camera.loop)
+            self.tracker = FaceTracker(FaceConfig(crop_size=cfg.camera.face_crop_size))
+            self.camera = Camera(cam_cfg, self._on_frame).start()
+        if cfg.microphone.enabled:
+            from appliance.sources.cry import CryDetector
+            from appliance.sources.microphone import Microphone, MicrophoneConfig
+
+            self.cry = CryDetector()
+            mic_cfg = MicrophoneConfig(device=cfg.microphone.device, rate=cfg.microphone.rate,
+                                       period_size=cfg.microphone.period_frames,
+                                       pace_realtime=cfg.microphone.pace_realtime)
+            self.microphone = Microphone(mic_cfg, self._on_audio).start()
+        if cfg.monitor.enabled:
+            from appliance.sources.monitor.reader import MonitorReader
+
+            self.monitor = MonitorReader(cfg.monitor.port, self._on_monitor, protocol=cfg.monitor.protocol,
+                                         baudrate=cfg.monitor.baud).start()
+        return self
+
+    # Sinks run on the sources' own threads: append and return, never raise into a driver loop.
+    def _on_frame(self, frame: Any) -> None:
+        try:
+            self.buffers.frames.append(self.tracker.process(frame))
+        except Exception:
+            self.sink_errors += 1
+            log.exception("camera sink failed")
+
+    def _on_audio(self, period: Any) -> None:
+        try:
+            self.buffers.audio.append(period)
+            self.cry.push_period(period)
+        except Exception:
+            self.sink_errors += 1
+            log.exception("microphone sink failed")
+
+    def _on_monitor(self, item: Any) -> None:
+        from appliance.sources.monitor.types import RRIntervals, VitalSample
+
+        try:
+            if isinstance(item, VitalSample):
+                sample = VitalsSample.from_monitor(item)
+                self.buffers.vitals.append(sample)
+                if self.publisher is not None:
+                    self.publisher.publish_vitals(t_mono_ns=sample.t_ns, hr_bpm=sample.hr_bpm,
+                                                  spo2_pct=sample.spo2_pct, source=sample.source or None)
+            elif isinstance(item, RRIntervals):
+                extend_rr(self.buffers.rr, item)
+        except Exception:
+            self.sink_errors += 1
+            log.exception("monitor sink failed")
+
+    def up(self) -> dict[str, bool]:
+        """Enabled source -> open/connected now."""
+        out: dict[str, bool] = {}
+        if self.camera is not None:
+            h = self.camera.health()
+            out["camera"] = bool(h.open and h.last_frame_age_s is not None and h.last_frame_age_s < 5.0)
+        if self.microphone is not None:
+            h = self.microphone.health()
+            out["microphone"] = bool(h.open and h.last_period_age_s is not None and h.last_period_age_s < 5.0)
+        if self.monitor is not None:
+            out["monitor"] = bool(self.monitor.health().connected)
+        return out
+
+    def opened(self) -> dict[str, bool]:
+        """Enabled source -> has opened (not yet necessarily delivering): what READY waits for."""
+        out: dict[str, bool] = {}
+        if self.camera is not None:
+            out["camera"] = bool(self.camera.health().open)
+        if self.microphone is not None:
+            out["microphone"] = bool(self.microphone.health().open)
+        if self.monitor is not None:
+            out["monitor"] = bool(self.monitor.health().connected)
+        return out
+
+    def fps(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.camera is not None:
+            out["camera"] = round(float(self.camera.health().fps_measured), 2)
+        return out
+
+    def close(self) -> None:
+        for name in ("camera", "microphone", "monitor"):
+            source = getattr(self, name)
+            if source is None:
+                continue
+            try:
+                source.stop()
+            except Exception as exc:  # a stuck driver thread must not block shutdown of the rest
+                log.warning("%s did not stop cleanly: %s", name, exc)
+
+
+# ------------------------------------------------------------------------------------------------- publisher
+def _credential_or_file(config: Config, credential: str, file_value: str) -> Path | None:
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if directory and (Path(directory) / credential).exists():
+        return Path(directory) / credential
+    return Path(file_value) if file_value else None
+
+
+def publisher_config(config: Config) -> Any:
+    """``[device]``, ``[mqtt]`` and ``[outbox]`` as :class:`appliance.publish.PublisherConfig` (secrets as paths)."""
+    from appliance.publish import PublisherConfig
+
+    m = config.mqtt
+    password = _credential_or_file(config, m.password_credential, m.password_file) if m.username else None
+    return PublisherConfig(
+        host=m.host, port=m.port, site=config.device.site, bed=config.device.bed, device_id=config.device.id,
+        outbox_path=Path(config.outbox.path), client_id=config.mqtt_client_id, keepalive_s=m.keepalive_s,
+        username=m.username or None, password_file=password,
+        tls_ca=Path(m.tls_ca_file) if m.tls_ca_file else None,
+        tls_cert=Path(m.tls_cert_file) if m.tls_cert_file else None,
+        tls_key=mqtt_tls_keyfile(config),
+        score_expiry_s=float(m.message_expiry_s), health_interval_s=m.health_interval_s,
+        outbox_max_rows=config.outbox.max_rows, publish_vitals=m.publish_vitals,
+    )
+
+
+# ------------------------------------------------------------------------------------------------- the daemon
+class Daemon:
+    """One running appliance; :meth:`run` blocks until stopped and returns the exit code."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.stop_requested = threading.Event()
+        self.buffers = ModalityBuffers()
+        self.publisher: Any = None
+        self.sources: Sources | None = None
+        self.engines: Any = None
+        self.calibration: CalibrationStage | None = None
+        self.pipeline: Any = None
+        self.watchdog = service.Watchdog()
+        self._startup_detail = "starting"
+
+    # -- health -------------------------------------------------------------------------------------------
+    def health_fields(self) -> dict[str, Any]:
+        fields: dict[str, Any] = {"sources": self.sources.up() if self.sources else {},
+                                  "fps": self.sources.fps() if self.sources else {}}
+        if self.pipeline is not None:
+            fields.update(self.pipeline.health_fields())
+        else:
+            fields.update(state="no_score", detail=self._startup_detail,
+                          engine_backend=getattr(self.engines, "backend", None))
+        return fields
+
+    def status_text(self) -> str:
+        if self.pipeline is None:
+            return self._startup_detail
+        h = self.pipeline.health_fields()
+        s = self.pipeline.stats
+        last = f"nips {s.last_nips:.1f}" if s.last_nips is not None else "no score yet"
+        presence = ",".join(m for m, ok in self.pipeline.presence().items() if ok) or "none"
+        pub = self.publisher.stats() if self.publisher is not None else None
+        mqtt = f"mqtt {pub.state.value}, outbox {pub.outbox_depth}" if pub is not None else "mqtt -"
+        return (f"{h['state']}: {last}; {s.scores} scores; modalities {presence}; "
+                f"{getattr(self.engines, 'backend', '-')}; {mqtt}")
+
+    def _on_command(self, command: Any) -> None:
+        # Runs on paho's thread: log only. Calibration sessions are handled by calibration/ (issue 7).
+        log.info("command %s received (args %s): not handled by this daemon version", command.name, command.args)
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+
+    def request_reload(self) -> None:
+        if self.calibration is not None:
+            self.calibration.request_reload()
+        else:
+            log.warning("SIGHUP before the calibration was loaded: ignored")
+
+    def run(self) -> int:
+        from appliance.publish import Publisher
+
+        cfg = self.config
+        self.publisher = Publisher(publisher_config(cfg), health_provider=self.health_fields,
+                                   on_command=self._on_command)
+        self.publisher.start()
+        try:
+            return self._run()
+        finally:
+            self._shutdown()
+
+    def _run(self) -> int:
+        cfg = self.config
+        service.set_status("loading engines")
+        self._startup_detail = "starting: loading engines"
+        try:
+            self.engines, model_cfg = self._open_engines()
+        except Exception as exc:
+            self._startup_detail = f"engines failed to load: {exc}"[:500]
+            log.error("no score possible: %s", self._startup_detail)
+            service.set_status(self._startup_detail)
+            self.publisher.request_health()
+            self.publisher.wait_for(lambda p: p.stats().health_sent > 0 or p.state.is_error, 5.0)
+            return EXIT_ENGINES
+        try:
+            self.calibration = CalibrationStage(cfg.calibration.bundle or None,
+                                                model_version=self.engines.model_version)
+        except CalibrationError as exc:
+            print(f"neopain run: calibration.bundle: {exc}", file=sys.stderr)
+            self._startup_detail = f"calibration refused: {exc}"[:500]
+            return EXIT_CONFIG
+        if self.stop_requested.is_set():
+            return EXIT_OK
+
+        service.set_status("opening sources")
+        self._startup_detail = "starting: opening sources"
+        self.sources = Sources(cfg, self.buffers, self.publisher).open()
+        deadline = time.monotonic() + SOURCE_OPEN_TIMEOUT_S
+        while not all(self.sources.opened().values()) and time.monotonic() < deadline:
+            if self.stop_requested.wait(0.1):
+                return EXIT_OK
+        missing = [name for name, ok in self.sources.opened().items() if not ok]
+        if missing:
+            log.warning("sources not open after %.0f s (they keep retrying): %s", SOURCE_OPEN_TIMEOUT_S,
+                        ", ".join(missing))
+
+        from appliance.pipeline import PipelineConfig, ScoringPipeline
+        from appliance.windows import WindowBuilder, WindowConfig
+
+        s = cfg.scoring
+        window_cfg = WindowConfig(video_max_age_s=s.max_age_video_s, audio_max_age_s=s.max_age_audio_s,
+                                  vitals_max_age_s=s.max_age_vitals_s, rr_max_age_s=s.max_age_vitals_s)
+        raw_dir = Path(cfg.outbox.path).parent / "raw-media" if cfg.debug.save_raw_media else None
+        self.pipeline = ScoringPipeline(
+            WindowBuilder(self.buffers, window_cfg, cry=self.sources.cry), self.engines, self.calibration,
+            self.publisher, model_config=model_cfg, model_version=self.engines.model_version,
+            config=PipelineConfig(cadence_s=s.cadence_s, raw_media_dir=raw_dir), watchdog=self.watchdog)
+        self.watchdog.start()
+        self.pipeline.start()
+        service.ready(f"scoring every {s.cadence_s:g} s with {self.engines.backend}"
+                      + (f"; waiting for {', '.join(missing)}" if missing else ""))
+        log.info("ready: model %s on %s, calibration %s, sources %s", self.engines.model_version,
+                 self.engines.backend, self.calibration.current.version, self.sources.opened())
+        while not self.stop_requested.wait(STATUS_INTERVAL_S):
+            service.set_status(self.status_text())
+        return EXIT_OK
+
+    def _open_engines(self) -> tuple[Any, Any]:
+        from models.configs import get_config
+        from models.engines.select import open_scoring_engines
+
+        s = self.config.scoring
+        engines = open_scoring_engines(s.model_dir, order=tuple(s.backends), cache_dir=s.engine_cache_dir)
+        model_cfg = getattr(engines, "config", None) or get_config(s.model_config)
+        if model_cfg.name != s.model_config:
+            engines.close()
+            raise RuntimeError(f"scoring.model_config is {s.model_config!r} but {s.model_dir} holds a "
+                               f"{model_cfg.name!r} model")
+        self._warm_up(engines, model_cfg)
+        return engines, model_cfg
+
+    @staticmethod
+    def _warm_up(engines: Any, model_cfg: Any) -> None:
+        """One throw-away run before READY: the first cycle would otherwise pay for lazy imports, kernel
+        selection and allocations (seconds on a CPU), and its score would be late."""
+        import numpy as np
+
+        from models.features.inputs import RawWindow, model_inputs
+
+        empty = np.zeros(0)
+        frames = np.zeros((model_cfg.video.frames, model_cfg.video.crop_size, model_cfg.video.crop_size, 3), np.uint8)
+        raw = RawWindow(end_s=30.0, frames=frames, audio=np.zeros(16000 * 2, np.float32), audio_rate=16000,
+                        rr_ms=empty, rr_times_s=empty, spo2_pct=empty, spo2_times_s=empty,
+                        presence={"video": True, "audio": True, "vitals": False})
+        started = time.perf_counter()
+        try:
+            engines.run({k: v[None, ...] for k, v in model_inputs(raw, model_cfg).items()})
+        except Exception as exc:  # a real failure shows up (and is reported) in the first cycle
+            log.warning("engine warm-up failed: %s", exc)
+        log.info("engines warmed up in %.0f ms", (time.perf_counter() - started) * 1e3)
+
+    def _shutdown(self) -> None:
+        service.stopping("stopping")
+        if self.pipeline is not None:
+            self.pipeline.stop()
+        self.watchdog.stop()
+        if self.sources is not None:
+            self.sources.close()
+        if self.publisher is not None:
+            self.publisher.stop()
+        if self.engines is not None:
+            try:
+                self.engines.close()
+            except Exception as exc:
+                log.warning("engines did not close cleanly: %s", exc)
+        log.info("stopped")
+
+
+# ------------------------------------------------------------------------------------------------- CLI glue
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``neopain run``."""
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG_PATH,
+                        help=f"appliance config file (default: {DEFAULT_CONFIG_PATH})")
+
+
+def run_daemon(args: argparse.Namespace) -> int:
+    """``neopain run``: the exit code (see module docstring)."""
+    try:
+        config = check_config(args.config)
+    except ConfigError as exc:
+        print(exc.one_line(), file=sys.stderr)
+        return EXIT_CONFIG
+    service.setup_logging(config.debug.log_level)
+    daemon = Daemon(config)
+    with service.SignalHandlers(on_stop=daemon.request_stop, on_reload=daemon.request_reload):
+        try:
+            return daemon.run()
+        except (OSError, ValueError) as exc:  # e.g. an unreadable outbox folder or TLS file
+            log.error("cannot run: %s", exc)
+            print(f"neopain run: {exc}", file=sys.stderr)
+            return EXIT_CONFIG if isinstance(exc, (ValueError, FileNotFoundError, PermissionError)) else EXIT_FAILURE
+        except Exception:
+            log.exception("neopain run failed")
+            return EXIT_FAILURE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m appliance.daemon --config PATH`` (what ``neopain run`` calls)."""
+    parser = argparse.ArgumentParser(prog="neopain run", description="Run the bedside scoring daemon.")
+    add_run_arguments(parser)
+    return run_daemon(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
