@@ -111,6 +111,8 @@ class CameraSection:
     face_crop_size: int = spec(224, "Side of the square face crop fed to the video network, pixels (must "
                                "match the model: 224 full, 64 tiny).", min=32, max=1024)
     loop: bool = spec(False, "Replay a video-file source from its start when it ends (simulated bed only).")
+    face_roi: list[int] = spec([], "Fixed face region [x, y, width, height] in pixels, for a camera mounted over "
+                               "the cot framing the face; empty = detect and track the face.", min=0, max=7680)
 
 
 @dataclass(frozen=True)
@@ -519,6 +521,9 @@ def _cross_checks(config: Config, loc: _Locator) -> None:
                         f"(scoring.cadence_s = {config.scoring.cadence_s} s)")
     if config.camera.enabled and config.camera.source == "":
         raise loc.error(("camera", "source"), "is empty; give a device index, path, pipeline or file")
+    roi = config.camera.face_roi
+    if roi and (len(roi) != 4 or roi[2] == 0 or roi[3] == 0):
+        raise loc.error(("camera", "face_roi"), f"must be empty or [x, y, width, height] with width, height > 0, got {roi}")
     if not (config.camera.enabled or config.microphone.enabled or config.monitor.enabled):
         raise loc.error(("camera", "enabled"), "every source is disabled: nothing could be scored")
 

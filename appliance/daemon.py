@@ -73,7 +73,8 @@ class Sources:
             cam_cfg = CameraConfig(source=cfg.camera.source, kind=kind, fps=cfg.camera.fps, width=cfg.camera.width,
                                    height=cfg.camera.height, watchdog_s=cfg.camera.reopen_after_s,
                                    loop=cfg.camera.loop)
-            self.tracker = FaceTracker(FaceConfig(crop_size=cfg.camera.face_crop_size))
+            roi = tuple(cfg.camera.face_roi) if cfg.camera.face_roi else None
+            self.tracker = FaceTracker(FaceConfig(crop_size=cfg.camera.face_crop_size, roi=roi))
             self.camera = Camera(cam_cfg, self._on_frame).start()
         if cfg.microphone.enabled:
             from appliance.sources.cry import CryDetector

@@ -140,8 +140,11 @@ def format_score(msg: dict[str, Any]) -> str:
             f"end-to-publish {lat.get('window_to_publish', 0):6.1f} ms" + (f"  ({flags})" if flags else ""))
 
 
-def subscribe(port: int, prefix: str, out: Any = sys.stdout) -> Any:
-    """A paho subscriber printing scores and health state changes as they arrive."""
+def subscribe(port: int, prefix: str, out: Any = sys.stdout, on_score: Any = None) -> Any:
+    """A paho subscriber printing scores and health state changes as they arrive.
+
+    ``on_score(message, received_mono_ns)``, when given, also receives every score (for measurements).
+    """
     import paho.mqtt.client as mqtt
 
     state: dict[str, Any] = {"health": None, "scores": 0}
@@ -153,8 +156,12 @@ def subscribe(port: int, prefix: str, out: Any = sys.stdout) -> Any:
     def on_message(c: Any, u: Any, msg: Any) -> None:
         try:
             if msg.topic.endswith("/score"):
+                received = time.monotonic_ns()
                 state["scores"] += 1
-                print(format_score(json.loads(msg.payload)), file=out, flush=True)
+                score = json.loads(msg.payload)
+                if on_score is not None:
+                    on_score(score, received)
+                print(format_score(score), file=out, flush=True)
             elif msg.topic.endswith("/health"):
                 h = json.loads(msg.payload)
                 key = (h["state"], h.get("detail"))
@@ -190,6 +197,9 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
                         help="engine backends in order (default: onnxruntime,torch: the CPU)")
     parser.add_argument("--protocol", choices=("masimo", "intellivue"), default="intellivue",
                         help="monitor protocol the simulated bed speaks (intellivue also sends ECG for HRV)")
+    parser.add_argument("--measure", type=Path, default=None, metavar="DIR",
+                        help="also measure end-to-end latency at the subscriber and the daemon's CPU %% and RSS;"
+                             " writes DIR/daemon_measure.json and .png")
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -224,7 +234,12 @@ def run_demo(args: argparse.Namespace) -> int:
                      "backends": [b.strip() for b in args.backends.split(",") if b.strip()]},
             calibration={"bundle": ""},
         )
-        client = subscribe(port, "neopain/demo/bed-01")
+        latency = sampler = None
+        if args.measure:
+            from appliance.measure import LatencyRecorder
+
+            latency = LatencyRecorder()
+        client = subscribe(port, "neopain/demo/bed-01", on_score=latency.on_score if latency else None)
         env = dict(os.environ, **bed.environment())
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         log_path = run_dir / "daemon.log"
@@ -233,6 +248,10 @@ def run_demo(args: argparse.Namespace) -> int:
             daemon = subprocess.Popen([sys.executable, "-m", "appliance.daemon", "--config", str(config)],
                                       env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
                                       start_new_session=True)  # Ctrl-C reaches the demo, which stops it
+        if latency is not None:
+            from appliance.measure import ProcessSampler
+
+            sampler = ProcessSampler(daemon.pid).start()
         _say("scores appear below as the subscriber receives them" +
              (f" for {args.duration:g} s" if args.duration else "; Ctrl-C stops"))
         started = time.monotonic()
@@ -247,6 +266,15 @@ def run_demo(args: argparse.Namespace) -> int:
                 _say(f"no score arrived within 180 s; see {log_path}")
                 return 1
             time.sleep(0.2)
+        if sampler is not None and latency is not None:
+            from appliance.measure import write_report
+
+            sampler.stop()
+            summary = write_report(args.measure, latency, sampler,
+                                   {"duration_s": args.duration, "cadence_s": args.cadence, "backends": args.backends,
+                                    "model_dir": str(model_dir)})
+            _say(f"measurement: {args.measure / 'daemon_measure.json'}: end-to-end p50 "
+                 f"{summary['latency_ms']['end_to_end_ms'].get('p50', float('nan')):.1f} ms")
         if daemon.poll() is not None:
             _say(f"the daemon exited with code {daemon.returncode}; last log lines:")
             print("\n".join(log_path.read_text(errors="replace").splitlines()[-15:]))

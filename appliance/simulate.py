@@ -440,7 +440,10 @@ class SimulatedBed:
         width, height = self.recording.video_size
         camera: dict[str, Any] = {"enabled": True, "source": self.camera_source, "kind": "file",
                                   "fps": round(min(max(self.camera_fps, 1.0), 120.0), 6),
-                                  "width": width, "height": height, "loop": self.loop}
+                                  "width": width, "height": height, "loop": self.loop,
+                                  # The synthetic videos are face-framed (docs/dataset.md), like a camera
+                                  # mounted over the cot: the whole frame is the face region.
+                                  "face_roi": [0, 0, width, height]}
         # The file plugin returns data as fast as it is read: the microphone must pace itself.
         microphone: dict[str, Any] = {"enabled": True, "device": self.alsa_device, "rate": PCM_RATE,
                                       "pace_realtime": True}
