@@ -61,3 +61,12 @@ def run_smoke_demo(config_name: str = "tiny", seed: int = 0) -> int:
             if not np.isfinite(value):
                 return 1
     return 0
+
+
+def add_smoke_demo_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
+    parser.add_argument("--config", default="tiny", choices=["tiny", "full"], help="network size (default: tiny)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_smoke_demo_cli(args: "argparse.Namespace") -> int:  # noqa: F821
+    return run_smoke_demo(config_name=args.config, seed=args.seed)

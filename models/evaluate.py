@@ -183,3 +183,18 @@ def _markdown(metrics: dict, kinds: list[str], plots: dict[str, str], source: st
         lines.append("")
     lines += ["## Plots", ""] + [f"![{name}]({file})" for name, file in plots.items()] + [""]
     return "\n".join(lines)
+
+
+def add_evaluate_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
+    """Arguments of ``neopain evaluate``."""
+    parser.add_argument("--run", required=True, help="run folder written by `neopain train`")
+    parser.add_argument("--out", help="report folder (default: RUN/report)")
+
+
+def run_evaluate(args: "argparse.Namespace") -> int:  # noqa: F821
+    """``neopain evaluate``: returns the exit code."""
+    run = Path(args.run)
+    out = Path(args.out) if args.out else run / "report"
+    evaluate(run / "predictions.csv", out)
+    print(f"report: {out / 'report.md'}")
+    return 0

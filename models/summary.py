@@ -103,3 +103,12 @@ def format_summary(rows: list[NetworkSummary]) -> str:
     for row in rows:
         lines.append(f"{row.name:40s} {row.params / 1e6:11.2f} {row.gmac:9.3f}  {row.input_shapes}")
     return "\n".join(lines)
+
+
+def add_summary_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
+    parser.add_argument("--config", default="full", choices=["tiny", "full"], help="network size (default: full)")
+
+
+def run_summary(args: "argparse.Namespace") -> int:  # noqa: F821
+    print(format_summary(summarize(args.config, batch=1)))
+    return 0

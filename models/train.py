@@ -277,3 +277,32 @@ def run_training(
     )
     samples = prepare_samples(data_root, out_dir, cfg, progress=progress)
     return cross_validate(samples, cfg, train_cfg, out_dir, kinds)
+
+
+def add_train_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
+    """Arguments of ``neopain train``."""
+    d = TrainConfig()
+    parser.add_argument("--data", required=True, help="dataset root (see docs/dataset.md)")
+    parser.add_argument("--out", required=True, help="run folder: checkpoints, samples cache, predictions.csv")
+    parser.add_argument("--config", default="tiny", choices=["tiny", "full"], help="network size (default: tiny)")
+    parser.add_argument("--models", default=",".join(MODEL_KINDS), help="comma-separated model kinds")
+    parser.add_argument("--folds", type=int, default=d.folds)
+    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda (auto: CUDA when present)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run_train(args: "argparse.Namespace") -> int:  # noqa: F821
+    """``neopain train``: returns the exit code."""
+    from models.configs import get_config
+
+    train_cfg = TrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, folds=args.folds, seed=args.seed, device=args.device
+    )
+    kinds = [k.strip() for k in args.models.split(",") if k.strip()]
+    path = run_training(args.data, args.out, get_config(args.config), train_cfg, kinds, progress=not args.quiet)
+    print(f"out-of-fold predictions: {path}")
+    return 0
