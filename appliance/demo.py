@@ -14,6 +14,7 @@ are demonstrations of the pipeline, not clinical estimates.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -62,7 +63,7 @@ def _model_target(workdir: Path) -> Path:
         return workdir / "model"
 
 
-def build_demo_model(workdir: Path, *, infants: int = 6, minutes: float = 1.0, epochs: int = 4,
+def build_demo_model(workdir: Path, *, infants: int = 12, minutes: float = 1.0, epochs: int = 15,
                      seed: int = 0) -> Path:
     """Synthesise a small cohort, train the tiny fusion model briefly, export it; returns the model dir."""
     import torch
@@ -77,7 +78,9 @@ def build_demo_model(workdir: Path, *, infants: int = 6, minutes: float = 1.0, e
     cohort = work / "cohort"
     if not (cohort / "subjects.csv").is_file():
         _say(f"1/3 synthesising a {infants}-infant cohort ({minutes:g} min each) in {cohort}")
-        synth_cohort(cohort, infants, seed, SynthOptions(minutes=minutes), progress=True, overwrite=True)
+        options = SynthOptions(minutes=minutes)
+        options = dataclasses.replace(options, video=dataclasses.replace(options.video, size=64, fps=8.0))
+        synth_cohort(cohort, infants, seed, options, progress=True, overwrite=True)
     _say("2/3 pre-processing windows and training the tiny fusion model "
          f"({epochs} epochs on the CPU)")
     samples = prepare_samples(cohort, work, cfg, progress=True)
