@@ -23,6 +23,12 @@ Between knots the map is linear; outside them it is constant (the end values); t
 bundle's layout, ``/var/lib/neopain/calibration/current/map.json``). A configured path that does not exist
 means "not installed yet" (identity, logged); a file that exists but is invalid is an error: at start the
 daemon refuses to run, on SIGHUP the previous map stays active.
+
+Signed bundles (``calibration/bundle.py``): a folder holding ``bundle.json`` (or that file itself) is a signed
+bundle; it is verified with the device key (``key_file``) and its model version must match the engines'.
+With ``require_signature`` (the daemon sets it once a device key is configured), a plain unsigned
+``map.json`` is refused too. Refusals are :class:`CalibrationError` like any invalid file, so the stage keeps
+the previous map on SIGHUP.
 """
 from __future__ import annotations
 
@@ -43,6 +49,8 @@ FORMAT = "neopain-calibration-map"
 FORMAT_VERSION = 1
 UNCALIBRATED = "uncalibrated"
 MAP_FILE = "map.json"
+BUNDLE_FILE = "bundle.json"  # a signed bundle (calibration/bundle.py); preferred over map.json in a folder
+BUNDLE_FORMAT = "neopain-calibration-bundle"
 
 
 class CalibrationError(ValueError):
@@ -124,13 +132,17 @@ def parse_calibration(payload: Any, *, where: str = "<calibration>") -> Calibrat
 def map_file(path: str | Path) -> Path:
     """The JSON file of a configured bundle path (the file itself, or ``map.json`` in a folder)."""
     p = Path(path)
-    return p / MAP_FILE if p.is_dir() else p
+    if p.is_dir():
+        return p / BUNDLE_FILE if (p / BUNDLE_FILE).exists() else p / MAP_FILE
+    return p
 
 
-def load_calibration(path: str | Path | None, *, model_version: str | None = None) -> CalibrationMap:
+def load_calibration(path: str | Path | None, *, model_version: str | None = None,
+                     key_file: str | Path | None = None, require_signature: bool = False) -> CalibrationMap:
     """The map at ``path``; identity when ``path`` is empty/None or does not exist (not installed).
 
-    Raises :class:`CalibrationError` for an unreadable or invalid file, or one made for another model.
+    Raises :class:`CalibrationError` for an unreadable or invalid file, or one made for another model; for a
+    signed bundle that does not verify with ``key_file``; and, with ``require_signature``, for an unsigned map.
     """
     if path is None or str(path) == "":
         return CalibrationMap.identity()
@@ -144,6 +156,16 @@ def load_calibration(path: str | Path | None, *, model_version: str | None = Non
         raise CalibrationError(f"{file}: cannot read: {exc}") from None
     except json.JSONDecodeError as exc:
         raise CalibrationError(f"{file}: not valid JSON: line {exc.lineno}: {exc.msg}") from None
+    signed = isinstance(payload, dict) and ("signature" in payload or payload.get("format") == BUNDLE_FORMAT)
+    if signed or file.name == BUNDLE_FILE:
+        if key_file is None:
+            raise CalibrationError(f"{file}: a signed bundle, but no device key is configured to verify it")
+        from calibration.bundle import read_key, verify_bundle  # lazy: the daemon without bundles needs none
+
+        return verify_bundle(payload, read_key(key_file), model_version=model_version, where=str(file)).map
+    if require_signature:
+        raise CalibrationError(f"{file}: unsigned calibration map refused (install a signed bundle with "
+                               f"`neopain calibrate install`)")
     cal = parse_calibration(payload, where=str(file))
     if cal.model_version is not None and model_version is not None and cal.model_version != model_version:
         raise CalibrationError(f"{file}: model_version: map made for model {cal.model_version!r}, "
@@ -173,12 +195,15 @@ class CalibrationStage:
     a new file must not turn a calibrated device into an uncalibrated one behind the nurses' backs.
     """
 
-    def __init__(self, path: str | Path | None, *, model_version: str | None = None) -> None:
+    def __init__(self, path: str | Path | None, *, model_version: str | None = None,
+                 key_file: str | Path | None = None, require_signature: bool = False) -> None:
         self.path = path
         self.model_version = model_version
+        self.key_file = key_file
+        self.require_signature = require_signature
         self._lock = threading.Lock()
         self._reload = threading.Event()
-        self.current = load_calibration(path, model_version=model_version)
+        self.current = self._load()
         self.reloads = 0
         self.last_error: str | None = None
 
@@ -196,7 +221,7 @@ class CalibrationStage:
     def reload(self) -> bool:
         """Reload now; True on success (the new map is active), False when the previous map stays."""
         try:
-            new = load_calibration(self.path, model_version=self.model_version)
+            new = self._load()
         except CalibrationError as exc:
             self.last_error = str(exc)
             log.error("calibration: reload refused, keeping %s: %s", self.current.version, exc)
@@ -207,6 +232,10 @@ class CalibrationStage:
             self.last_error = None
         log.info("calibration: reloaded %s (was %s)", new.version, old.version)
         return True
+
+    def _load(self) -> CalibrationMap:
+        return load_calibration(self.path, model_version=self.model_version, key_file=self.key_file,
+                                require_signature=self.require_signature)
 
     def apply(self, raw_nips: float) -> tuple[float, CalibrationMap]:
         """(published NIPS, the map used): one map per score even if a reload lands meanwhile."""

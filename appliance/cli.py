@@ -55,9 +55,29 @@ COMMANDS: tuple[Command, ...] = (
             "parameters and GMACs of every network for its input"),
     Command(("models", "demo"), "models.demo", "add_smoke_demo_arguments", "run_smoke_demo_cli",
             "one synthetic window through the (untrained) estimator, every modality subset"),
+    Command(("calibrate", "start"), "calibration.sessions", "add_start_arguments", "run_start",
+            "open a calibration session for one infant"),
+    Command(("calibrate", "stop"), "calibration.sessions", "add_stop_arguments", "run_stop",
+            "close the open calibration session"),
+    Command(("calibrate", "rate"), "calibration.sessions", "add_rate_arguments", "run_rate",
+            "add a nurse's NIPS rating (--nips N --rater ID [--at TIME])"),
+    Command(("calibrate", "fit"), "calibration.fit", "add_fit_arguments", "run_fit",
+            "fit a monotone map with subject-wise CV; report + signed bundle"),
+    Command(("calibrate", "install"), "calibration.bundle", "add_install_arguments", "run_install",
+            "verify and install a signed calibration bundle"),
+    Command(("calibrate", "list"), "calibration.bundle", "add_list_arguments", "run_list",
+            "list installed calibration bundles"),
+    Command(("calibrate", "rollback"), "calibration.bundle", "add_rollback_arguments", "run_rollback",
+            "make an earlier bundle current"),
+    Command(("calibrate", "keygen"), "calibration.bundle", "add_keygen_arguments", "run_keygen",
+            "create the device's bundle-signing key (0600)"),
 )
 
-GROUP_HELP = {"config": "appliance configuration", "models": "inspect the networks"}
+GROUP_HELP = {
+    "config": "appliance configuration",
+    "models": "inspect the networks",
+    "calibrate": "site calibration: sessions, fit, signed bundles",
+}
 
 
 def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
