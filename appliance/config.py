@@ -201,6 +201,10 @@ class CalibrationSection:
 
     bundle: str = spec("/var/lib/neopain/calibration/current", "Installed site calibration bundle (see calibration/).",
                        path=True)
+    key_file: str = spec("", "Device key that signs calibration bundles (0600, `neopain calibrate keygen`); when set, "
+                         "unsigned or foreign bundles are refused. Empty: plain maps are accepted.", path=True)
+    sessions_db: str = spec("/var/lib/neopain/calibration/sessions.sqlite", "Where calibration sessions (raw score, "
+                            "nurse rating pairs) are stored on the device.", path=True)
 
 
 @dataclass(frozen=True)

@@ -203,6 +203,7 @@ class Daemon:
         self.sources: Sources | None = None
         self.engines: Any = None
         self.calibration: CalibrationStage | None = None
+        self.recorder: Any = None  # calibration.sessions.CalibrationRecorder, once started
         self.pipeline: Any = None
         self.watchdog = service.Watchdog()
         self._startup_detail = "starting"
@@ -231,8 +232,11 @@ class Daemon:
                 f"{getattr(self.engines, 'backend', '-')}; {mqtt}")
 
     def _on_command(self, command: Any) -> None:
-        # Runs on paho's thread: log only. Calibration sessions are handled by calibration/ (issue 7).
-        log.info("command %s received (args %s): not handled by this daemon version", command.name, command.args)
+        # Runs on paho's thread: hand over and return (the recorder queues it for its own writer thread).
+        if command.name.startswith("calibration/") and self.recorder is not None:
+            self.recorder.on_command(command)
+        else:
+            log.info("command %s received (args %s): not handled by this daemon", command.name, command.args)
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -270,8 +274,10 @@ class Daemon:
             self.publisher.wait_for(lambda p: p.stats().health_sent > 0 or p.state.is_error, 5.0)
             return EXIT_ENGINES
         try:
+            key_file = cfg.calibration.key_file or None
             self.calibration = CalibrationStage(cfg.calibration.bundle or None,
-                                                model_version=self.engines.model_version)
+                                                model_version=self.engines.model_version,
+                                                key_file=key_file, require_signature=key_file is not None)
         except CalibrationError as exc:
             print(f"neopain run: calibration.bundle: {exc}", file=sys.stderr)
             self._startup_detail = f"calibration refused: {exc}"[:500]
@@ -298,10 +304,12 @@ class Daemon:
         window_cfg = WindowConfig(video_max_age_s=s.max_age_video_s, audio_max_age_s=s.max_age_audio_s,
                                   vitals_max_age_s=s.max_age_vitals_s, rr_max_age_s=s.max_age_vitals_s)
         raw_dir = Path(cfg.outbox.path).parent / "raw-media" if cfg.debug.save_raw_media else None
+        self._start_calibration_recorder(cfg)
         self.pipeline = ScoringPipeline(
             WindowBuilder(self.buffers, window_cfg, cry=self.sources.cry), self.engines, self.calibration,
             self.publisher, model_config=model_cfg, model_version=self.engines.model_version,
-            config=PipelineConfig(cadence_s=s.cadence_s, raw_media_dir=raw_dir), watchdog=self.watchdog)
+            config=PipelineConfig(cadence_s=s.cadence_s, raw_media_dir=raw_dir), watchdog=self.watchdog,
+            on_cycle=self.recorder.on_cycle if self.recorder is not None else None)
         self.watchdog.start()
         self.pipeline.start()
         service.ready(f"scoring every {s.cadence_s:g} s with {self.engines.backend}"
@@ -346,10 +354,23 @@ class Daemon:
             log.warning("engine warm-up failed: %s", exc)
         log.info("engines warmed up in %.0f ms", (time.perf_counter() - started) * 1e3)
 
+    def _start_calibration_recorder(self, cfg: Config) -> None:
+        """Calibration sessions (pairs of raw score and nurse rating); scoring goes on without them."""
+        from calibration.sessions import CalibrationRecorder, SessionStore
+
+        db = Path(cfg.calibration.sessions_db)
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            self.recorder = CalibrationRecorder(SessionStore(db)).start()
+        except Exception as exc:  # sqlite3.Error, OSError: a broken sessions store must not stop scoring
+            log.error("calibration sessions unavailable (%s): %s", db, exc)
+
     def _shutdown(self) -> None:
         service.stopping("stopping")
         if self.pipeline is not None:
             self.pipeline.stop()
+        if self.recorder is not None:
+            self.recorder.stop()
         self.watchdog.stop()
         if self.sources is not None:
             self.sources.close()

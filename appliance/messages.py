@@ -37,7 +37,7 @@ NIPS_ITEMS: dict[str, int] = {
 MODALITIES = ("video", "audio", "vitals")
 
 #: Commands accepted on ``<prefix>/cmd/<name>``; anything else is counted as unknown and ignored.
-KNOWN_COMMANDS = frozenset({"calibration/start", "calibration/stop", "health/request"})
+KNOWN_COMMANDS = frozenset({"calibration/start", "calibration/stop", "calibration/rate", "health/request"})
 
 STATUS_ONLINE = "online"
 STATUS_OFFLINE = "offline"

@@ -100,6 +100,7 @@ class CycleResult:
     verdict: QualityVerdict | None = None
     detail: str | None = None
     progressed: bool = True  # the loop did its job (a score, or a decided "nothing usable"): watchdog food
+    raw_nips: float | None = None  # the model's score before the calibration map (what calibration fits)
 
 
 @dataclass
@@ -360,7 +361,7 @@ class ScoringPipeline:
         degraded = [m for m in MODEL_MODALITIES if not used[m]]
         self._set_state("degraded" if degraded else "ok",
                         f"scoring without {', '.join(degraded)}" if degraded else None)
-        return CycleResult("score", t, message, verdict)
+        return CycleResult("score", t, message, verdict, raw_nips=float(raw))
 
     def _no_score(self, t: int, verdict: QualityVerdict, detail: str, progressed: bool = True) -> CycleResult:
         with self._lock:

@@ -455,7 +455,7 @@ class SimulatedBed:
         """Write a complete appliance TOML for this bed and check it with ``check_config``.
 
         ``sections`` override or add keys by section, e.g. ``mqtt={"host": "127.0.0.1", "port": 1884}``,
-        ``device={"bed": "sim-01"}``. Stateful paths (outbox, engine cache) default to the workdir so a
+        ``device={"bed": "sim-01"}``. Stateful paths (outbox, engine cache, calibration sessions) default to the workdir so a
         desk run needs no /var/lib. The environment goes to ``<path>.env`` (systemd EnvironmentFile format).
         """
         return write_appliance_config(path, self, **sections)
@@ -475,6 +475,7 @@ def write_appliance_config(path: Path | str, bed: SimulatedBed, **sections: Mapp
     overrides = {k: dict(v) for k, v in bed.appliance_overrides().items() if k != "env"}
     overrides.setdefault("outbox", {})["path"] = str(bed.workdir / "outbox.sqlite3")
     overrides.setdefault("scoring", {})["engine_cache_dir"] = str(bed.workdir / "engines")
+    overrides.setdefault("calibration", {})["sessions_db"] = str(bed.workdir / "calibration-sessions.sqlite")
     for name, values in sections.items():
         if name not in known:
             raise ValueError(f"write_appliance_config: unknown section {name!r} (known: {', '.join(known)})")
