@@ -20,8 +20,20 @@ so presence is handled explicitly and *exactly*:
 * Modality weights are a softmax of a learned per-modality score over the *present* modalities;
   absent ones get weight exactly 0. They are returned so that the appliance can explain a score.
 
-Outputs: NIPS = 7 * sigmoid(linear(weighted sum)) in [0, 7]; item logits (B, 13) = the six NIPS
-items' classes concatenated in ``NIPS_ITEMS`` order.
+The final representation is MulT's: the pooled cross-modal output of every target modality,
+concatenated (not averaged), plus the presence flags, into an MLP head of the same shape as the early
+fusion baseline's. Why: an earlier head fed the head only the weight-averaged sum of the three pooled
+vectors; averaging forced the three target streams into one shared 32/256-d space and let one
+modality's features cancel another's, so on small cohorts the fusion under-trained and lost to plain
+early fusion. Concatenation keeps each stream's features separate for the head to combine.
+
+The weights still *gate* what the head sees: each modality's pooled vector is multiplied by
+``weight * n_present`` (1 for every present modality when the weights are uniform, exactly 0 when
+absent), so a modality with a small weight really contributes little, and the exposed weights stay an
+honest explanation of the score rather than a side output.
+
+Outputs: NIPS = 7 * sigmoid(linear(head)) in [0, 7]; item logits (B, 13) = the six NIPS items'
+classes concatenated in ``NIPS_ITEMS`` order.
 """
 
 from __future__ import annotations
@@ -117,6 +129,7 @@ class CrossModalFusion(nn.Module):
         stacks: nn.ModuleDict,
         modality_dropout_p: float,
         item_logits: bool,
+        dropout: float = 0.1,
     ) -> None:
         super().__init__()
         self.input_dims = input_dims
@@ -130,7 +143,7 @@ class CrossModalFusion(nn.Module):
         self.merge = nn.ModuleList(nn.Linear(2 * dim, dim) for _ in MODALITIES)
         self.out_norm = nn.ModuleList(nn.LayerNorm(dim) for _ in MODALITIES)
         self.score = nn.ModuleList(nn.Linear(dim, 1) for _ in MODALITIES)
-        self.head_norm = nn.LayerNorm(dim)
+        self.head = create_fusion_head(len(MODALITIES) * dim + len(MODALITIES), dim, dropout)
         self.nips_head = nn.Linear(dim, 1)
         self.item_head = nn.Linear(dim, ITEM_LOGITS) if item_logits else None
 
@@ -197,14 +210,22 @@ class CrossModalFusion(nn.Module):
         scores = torch.cat([self.score[m](pooled[m]) for m in range(len(MODALITIES))], dim=1)  # (B, 3)
         scores = scores + (1.0 - presence) * MASK_VALUE
         weights = torch.softmax(scores, dim=1)
-        fused = (weights.unsqueeze(-1) * torch.stack(pooled, dim=1)).sum(dim=1)
-        fused = self.head_norm(fused)
+        # Gate each stream by its weight, rescaled so uniform weights pass features unchanged.
+        gates = weights * presence.sum(dim=1, keepdim=True)
+        gated = [pooled[m] * gates[:, m : m + 1] for m in range(len(MODALITIES))]
+        fused = self.head(torch.cat([*gated, presence], dim=1))
         nips = NIPS_MAX * torch.sigmoid(self.nips_head(fused)).squeeze(-1)
         if self.item_head is not None:
             items = self.item_head(fused)
         else:
             items = fused.new_zeros(fused.shape[0], ITEM_LOGITS)
         return nips, items, weights
+
+
+def create_fusion_head(in_dim: int, dim: int, dropout: float) -> nn.Sequential:
+    """Two-layer MLP on the concatenated streams; the same shape as the early-fusion baseline's MLP,
+    so the comparison of the two is about cross-modal attention, not head capacity."""
+    return nn.Sequential(nn.Linear(in_dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.GELU())
 
 
 def create_fusion(cfg: ModelConfig, video_dim: int, audio_dim: int, vitals_dim: int) -> CrossModalFusion:
@@ -221,4 +242,6 @@ def create_fusion(cfg: ModelConfig, video_dim: int, audio_dim: int, vitals_dim: 
                 stacks[f"{source}_to_{target}"] = CrossModalStack(
                     [create_cross_modal_block(f.dim, f.heads, f.dropout) for _ in range(f.layers)]
                 )
-    return CrossModalFusion((video_dim, audio_dim, vitals_dim), f.dim, stacks, f.modality_dropout, f.item_logits)
+    return CrossModalFusion(
+        (video_dim, audio_dim, vitals_dim), f.dim, stacks, f.modality_dropout, f.item_logits, f.dropout
+    )

@@ -118,6 +118,7 @@ def train_model(
     train_cfg: TrainConfig,
     checkpoint: Path | None = None,
     desc: str = "",
+    progress: bool = True,
 ) -> nn.Module:
     """Train one model; resumes from ``checkpoint`` (model, optimiser and epoch) when it exists."""
     dist = _Distributed()
@@ -126,19 +127,22 @@ def train_model(
     model = create_model(kind, model_cfg).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, weight_decay=train_cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(train_cfg.epochs, 1))
-    start_epoch = 0
+    start_epoch, finished = 0, False
     if checkpoint is not None and checkpoint.is_file():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         scheduler.load_state_dict(state["scheduler"])
         start_epoch = int(state["epoch"])
+        finished = bool(state.get("finished", False))
+    if finished:  # complete checkpoint: nothing to train, statistics already final
+        return model.eval()
     wrapped = dist.wrap(model, device)
     generator = torch.Generator().manual_seed(train_cfg.seed)
     for _ in range(start_epoch):  # keep the shuffling sequence identical after a resume
         torch.randperm(len(train_set), generator=generator)
     epochs = range(start_epoch, train_cfg.epochs)
-    bar = tqdm(epochs, desc=desc or kind, unit="epoch", disable=not dist.is_main, leave=False)
+    bar = tqdm(epochs, desc=desc or kind, unit="epoch", disable=not (dist.is_main and progress), leave=False)
     for epoch in bar:
         wrapped.train()
         order = dist.shard(torch.randperm(len(train_set), generator=generator))
@@ -157,23 +161,70 @@ def train_model(
         scheduler.step()
         bar.set_postfix(loss=f"{np.mean(losses) if losses else float('nan'):.3f}")
         if checkpoint is not None and dist.is_main:
-            checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            tmp = checkpoint.with_suffix(".tmp")
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimiser": optimiser.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "epoch": epoch + 1,
-                    "kind": kind,
-                    "model_config": model_cfg.to_dict(),
-                    "train_config": asdict(train_cfg),
-                },
-                tmp,
-            )
-            os.replace(tmp, checkpoint)
+            _save_checkpoint(checkpoint, model, optimiser, scheduler, epoch + 1, False, kind, model_cfg, train_cfg)
+    # Every rank sees the whole training set here, so the statistics agree across ranks.
+    recompute_batchnorm(model, train_set, train_cfg.batch_size)
+    if checkpoint is not None and dist.is_main:
+        _save_checkpoint(checkpoint, model, optimiser, scheduler, train_cfg.epochs, True, kind, model_cfg, train_cfg)
     dist.barrier()
     return model.eval()
+
+
+def _save_checkpoint(path: Path, model: nn.Module, optimiser: torch.optim.Optimizer, scheduler: object, epoch: int,
+                     finished: bool, kind: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> None:
+    """Atomic write (temp file + rename), so an interrupted run never leaves a torn checkpoint.
+
+    ``finished`` marks a checkpoint whose training and BatchNorm statistics are final: resuming
+    from it trains nothing and recomputes nothing.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimiser": optimiser.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "epoch": epoch,
+            "finished": finished,
+            "kind": kind,
+            "model_config": model_cfg.to_dict(),
+            "train_config": asdict(train_cfg),
+        },
+        tmp,
+    )
+    os.replace(tmp, path)
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, samples: SampleSet, batch_size: int = 32) -> None:
+    """Replace BatchNorm running statistics by exact averages over ``samples`` ("precise BN").
+
+    Why: the running averages kept during training (momentum 0.1) trail weights that changed every
+    step, so with few steps per epoch they describe an earlier model; exact averages for the final
+    weights remove that lag as a source of difference between otherwise equal runs. One pass in
+    train mode for the BatchNorm layers only (dropout and modality dropout stay off), with a
+    cumulative average (``momentum=None``), as SlowFast's "precise BN". Applied identically to every
+    model kind.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms or len(samples) < 2:
+        return
+    device = next(model.parameters()).device
+    model.eval()
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+        m.train()
+    for start in range(0, len(samples), batch_size):
+        index = torch.arange(start, min(start + batch_size, len(samples)))
+        if len(index) < 2:
+            continue
+        inputs, _, _ = samples.batch(index)
+        model(**{k: v.to(device) for k, v in inputs.items()})
+    for m, momentum in zip(norms, saved):
+        m.momentum = momentum
+    model.eval()
 
 
 @torch.no_grad()
@@ -195,6 +246,7 @@ def cross_validate(
     train_cfg: TrainConfig,
     out_dir: str | Path,
     kinds: Iterable[str] = MODEL_KINDS,
+    progress: bool = True,
 ) -> Path:
     """Out-of-fold predictions of every model kind on the same subject-wise folds.
 
@@ -211,12 +263,13 @@ def cross_validate(
     preds = {k: np.full(len(samples), np.nan) for k in kinds}
     fold_of = np.full(len(samples), -1)
     jobs = [(f, k) for f in range(len(folds)) for k in kinds]
-    for fold, kind in tqdm(jobs, desc="cross-validation", unit="model", disable=not dist.is_main):
+    for fold, kind in tqdm(jobs, desc="cross-validation", unit="model", disable=not (dist.is_main and progress)):
         test_idx = folds[fold]
         train_idx = np.setdiff1d(np.arange(len(samples)), test_idx)
         model = train_model(
             kind, model_cfg, samples.subset(train_idx), train_cfg,
             checkpoint=out_dir / "checkpoints" / f"fold{fold}" / f"{kind}.pt", desc=f"fold {fold} {kind}",
+            progress=progress,
         )
         preds[kind][test_idx] = predict(model, samples.subset(test_idx))
         fold_of[test_idx] = fold
@@ -276,7 +329,7 @@ def run_training(
         json.dumps({"data": str(data_root), "model_config": cfg.to_dict(), "train_config": asdict(train_cfg), "kinds": list(kinds)}, indent=1)
     )
     samples = prepare_samples(data_root, out_dir, cfg, progress=progress)
-    return cross_validate(samples, cfg, train_cfg, out_dir, kinds)
+    return cross_validate(samples, cfg, train_cfg, out_dir, kinds, progress=progress)
 
 
 def add_train_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821

@@ -95,7 +95,7 @@ def synth_recording(directory: Path, subject: Subject, seeds: np.random.SeedSequ
     v_frames = int(round((duration - v_start + s_clock.uniform(0.0, 0.5)) * vo.fps))
     visible = render_video(directory / f"video{vo.container}", scenario, s_video, skin_tone=subject.skin_tone_group
                            or "III-IV", intubated=subject.intubated, start_s=v_start,
-                           duration_s=v_frames / vo.fps, cry_bursts=bursts, options=vo)
+                           duration_s=v_frames / vo.fps, cry_bursts=bursts, options=vo, preterm=subject.preterm)
     write_face_csv(directory / FACE_FILE, vo.fps, visible)
     a_dur = duration - a_start + float(s_clock.uniform(0.0, 1.0))
     rate, _ = render_audio(directory / AUDIO_FILE, s_audio, bursts=bursts, intubated=subject.intubated,

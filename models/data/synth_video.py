@@ -4,6 +4,20 @@ Why drawn faces: the facial actions that carry neonatal pain (brow bulge, eye sq
 furrow, open mouth) can be rendered at a known intensity, so a test can check that the video carries
 the pain signal, while head motion, lighting changes and occlusions (pacifier, CPAP mask or
 endotracheal tube, the infant's hand) make the face an imperfect witness that fusion must back up.
+
+How imperfect, and why: with a clean, always-visible face the video alone scored almost as well as the
+raters, so nothing was left for the cry and the vitals to add, unlike at a real bedside. The camera
+therefore sees less than the bedside rater does:
+
+* occlusions are frequent: the infant's hand (several times a minute, more during pain) hides the
+  upper face; a nasal CPAP mask with its bonnet hides the nasolabial region and the brow; a pacifier
+  or the endotracheal tube's tape hides the mouth. ``face.csv`` marks a frame not visible when a hand
+  covers the face or when three of the four facial action regions are hidden (the loader's presence
+  flag follows it), as a face-quality gate would;
+* facial expressiveness varies by infant: some (more often preterm) show a weak facial response to the
+  same pain, a known finding in neonatal pain research;
+* facial actions fluctuate from frame to frame around the rated behaviour (slow AR(1) noise), and
+  lighting changes are frequent and large.
 """
 
 from __future__ import annotations
@@ -33,11 +47,15 @@ class VideoOptions:
     fps: float = 10.0
     container: str = ".mp4"
     head_motion: float = 1.0  # scale of the head's random walk
-    lighting_changes_per_min: float = 0.5
-    hand_occlusions_per_min: float = 0.4
-    pacifier_probability: float = 0.3  # per non-intubated recording
-    cpap_probability: float = 0.2  # nasal CPAP mask, per non-intubated recording
-    noise_sigma: float = 3.0
+    lighting_changes_per_min: float = 1.5
+    lighting_range: tuple[float, float] = (0.5, 1.4)  # brightness factor after each change
+    hand_occlusions_per_min: float = 1.2
+    hand_occlusion_s: tuple[float, float] = (3.0, 10.0)
+    pacifier_probability: float = 0.45  # per non-intubated recording
+    cpap_probability: float = 0.35  # nasal CPAP mask with bonnet, per non-intubated recording
+    weak_expression_probability: float = 0.3  # per term infant; preterm 1.5 x
+    facial_noise: float = 0.15  # SD of the slow frame-to-frame fluctuation of facial actions
+    noise_sigma: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -121,10 +139,12 @@ def draw_face(size: int, skin: tuple[int, int, int], expr: Expression, *, tube: 
         if m > 0.5:
             cv2.ellipse(img, _p(s, 0.5, 0.71 + 0.04 * m), (int(0.04 * s), int(0.018 * s)), 0, 180, 360,
                         (90, 80, 170), -1, cv2.LINE_AA)
-    if cpap:
-        cv2.rectangle(img, _p(s, 0.40, 0.50), _p(s, 0.60, 0.62), (200, 200, 190), -1)
-        cv2.line(img, _p(s, 0.40, 0.56), _p(s, 0.12, 0.50), (180, 170, 160), 2 * th)
-        cv2.line(img, _p(s, 0.60, 0.56), _p(s, 0.88, 0.50), (180, 170, 160), 2 * th)
+    if cpap:  # nasal mask over the nose and nasolabial folds; the bonnet holding it covers the brow
+        cv2.rectangle(img, _p(s, 0.36, 0.50), _p(s, 0.64, 0.68), (200, 200, 190), -1)
+        cv2.line(img, _p(s, 0.36, 0.58), _p(s, 0.10, 0.50), (180, 170, 160), 2 * th)
+        cv2.line(img, _p(s, 0.64, 0.58), _p(s, 0.90, 0.50), (180, 170, 160), 2 * th)
+        cv2.ellipse(img, _p(s, 0.5, 0.25), (int(0.40 * s), int(0.16 * s)), 0, 0, 360, (170, 190, 150), -1,
+                    cv2.LINE_AA)
     if tube:
         cv2.rectangle(img, _p(s, 0.36, 0.69), _p(s, 0.64, 0.73), (215, 225, 230), -1)  # tape
         cv2.line(img, _p(s, 0.5, 0.71), _p(s, 0.5, 1.0), (225, 235, 240), 3 * th)
@@ -132,6 +152,13 @@ def draw_face(size: int, skin: tuple[int, int, int], expr: Expression, *, tube: 
         cv2.circle(img, _p(s, 0.5, 0.72), int(0.08 * s), (230, 180, 120), -1, cv2.LINE_AA)
         cv2.circle(img, _p(s, 0.5, 0.72), int(0.03 * s), (250, 240, 230), -1, cv2.LINE_AA)
     return img, mask
+
+
+def hidden_regions(*, tube: bool, cpap: bool, pacifier: bool) -> int:
+    """How many of the four facial action regions (brow, eyes, furrow, mouth) the devices hide."""
+    brow = furrow = cpap
+    mouth = tube or pacifier
+    return int(brow) + int(furrow) + int(mouth)
 
 
 def _smooth_walk(rng: np.random.Generator, n: int, alpha: float, sigma: float) -> np.ndarray:
@@ -154,10 +181,12 @@ def _in_any(t: float, spans: list[tuple[float, float]]) -> bool:
 
 def render_video(path: Path, scenario: PainScenario, rng: np.random.Generator, *, skin_tone: str,
                  intubated: bool, start_s: float, duration_s: float, cry_bursts: list[tuple[float, float, int]],
-                 options: VideoOptions) -> np.ndarray:
+                 options: VideoOptions, preterm: bool = False) -> np.ndarray:
     """Write the video covering recording time [start_s, start_s + duration_s); return per-frame visibility.
 
     Frame k shows recording time ``start_s + k / fps`` (so the clock offset of the video is start_s).
+    A frame is not visible when a hand covers the face or three of the four facial action regions are
+    hidden (see :func:`hidden_regions`).
     """
     size, fps = options.size, options.fps
     n = int(round(duration_s * fps))
@@ -165,16 +194,20 @@ def render_video(path: Path, scenario: PainScenario, rng: np.random.Generator, *
     skin = SKIN_TONES[skin_tone]
     pacifier_rec = (not intubated) and rng.random() < options.pacifier_probability
     cpap = (not intubated) and rng.random() < options.cpap_probability
-    pacifier_spans = _events(rng, duration_s, 1.0, 15.0, 45.0, start_s) if pacifier_rec else []
-    hand_spans = _events(rng, duration_s, options.hand_occlusions_per_min, 2.0, 8.0, start_s)
+    p_weak = min(1.0, options.weak_expression_probability * (1.5 if preterm else 1.0))
+    expressiveness = rng.uniform(0.15, 0.45) if rng.random() < p_weak else rng.uniform(0.75, 1.1)
+    pacifier_spans = _events(rng, duration_s, 1.5, 15.0, 45.0, start_s) if pacifier_rec else []
+    hand_spans = _events(rng, duration_s, options.hand_occlusions_per_min, *options.hand_occlusion_s, start_s)
     # The infant's own hand comes up more during pain (arms item): add events in painful windows.
     for w in np.flatnonzero(scenario.items[:, 3] > 0):
-        if rng.random() < 0.2:
+        if rng.random() < 0.3:
             a = scenario.window_starts[w] + rng.uniform(0, scenario.window_s)
-            hand_spans.append((a, a + rng.uniform(1.5, 5.0)))
+            hand_spans.append((a, a + rng.uniform(2.0, 6.0)))
     light_steps = _events(rng, duration_s, options.lighting_changes_per_min, 0.0, 0.0, start_s)
-    light_levels = [1.0] + [float(rng.uniform(0.6, 1.3)) for _ in light_steps]
+    light_levels = [1.0] + [float(rng.uniform(*options.lighting_range)) for _ in light_steps]
     light_times = [start_s] + [a for a, _ in light_steps]
+    # Facial actions fluctuate around the behaviour: slow AR(1) noise with stationary SD facial_noise.
+    facial_wander = _smooth_walk(rng, n, 0.9, options.facial_noise * np.sqrt(1 - 0.9**2))
 
     motion = options.head_motion
     dx = _smooth_walk(rng, n, 0.97, 0.004 * motion)
@@ -197,7 +230,7 @@ def render_video(path: Path, scenario: PainScenario, rng: np.random.Generator, *
             pain = float(scenario.pain_at(t))
             items = scenario.items[int(scenario.window_index(t))]
             facial = pain if items[0] else 0.25 * pain
-            facial = min(1.0, max(0.0, facial * 1.2 + float(rng.normal(0, 0.05))))
+            facial = min(1.0, max(0.0, expressiveness * facial * 1.2 + float(facial_wander[k])))
             in_burst = burst_arr[(burst_arr[:, 0] <= t) & (t < burst_arr[:, 1])]
             cry = int(items[1])
             if len(in_burst):
@@ -206,9 +239,11 @@ def render_video(path: Path, scenario: PainScenario, rng: np.random.Generator, *
                 mouth = 0.3 * cry + 0.15 * facial
             expr = Expression(brow=facial, squeeze=facial if facial > 0.3 else 0.0, furrow=facial, mouth=mouth,
                               eyes_open=float(items[5]))
-            face, mask = draw_face(size, skin, expr, tube=intubated, cpap=cpap,
-                                   pacifier=_in_any(t, pacifier_spans) and cry == 0)
-            agitation = 0.3 + 0.7 * max(items[3], items[4], items[5])
+            pacifier = _in_any(t, pacifier_spans) and cry == 0
+            face, mask = draw_face(size, skin, expr, tube=intubated, cpap=cpap, pacifier=pacifier)
+            if hidden_regions(tube=intubated, cpap=cpap, pacifier=pacifier) >= 3:
+                visible[k] = False
+            agitation = 0.5 + 0.5 * max(items[3], items[4], items[5])
             m = cv2.getRotationMatrix2D((size / 2, size / 2), float(ang[k] * agitation), 1.0)
             m[:, 2] += (dx[k] * agitation * size, dy[k] * agitation * size)
             face = cv2.warpAffine(face, m, (size, size))

@@ -65,8 +65,10 @@ def simulate_beats(rng: np.random.Generator, scenario: PainScenario, start_s: fl
     """Beat times (recording clock), RR intervals (s), and the driving pain response on a 10 Hz grid."""
     dt = 0.1
     grid = np.arange(start_s - 30.0, end_s + 1.0, dt)
-    delay = rng.uniform(2.0, 5.0)
-    drive = _lowpass(scenario.pain_at(grid - delay), dt, rng.uniform(6.0, 15.0))  # sluggish response
+    # Sluggish autonomic response: seconds of delay, then a first-order lag of 8-20 s, so the HR of a
+    # 10 s window still carries the pain of the previous ones (partial, lagging information).
+    delay = rng.uniform(3.0, 7.0)
+    drive = _lowpass(scenario.pain_at(grid - delay), dt, rng.uniform(8.0, 20.0))
     base = rng.normal(150.0, 8.0) if preterm else rng.normal(135.0, 8.0)
     gain = rng.uniform(10.0, 40.0) * (0.8 if preterm else 1.0)
     drift = _lowpass(rng.normal(0, 1, grid.size), dt, 20.0) * 6.0
