@@ -23,15 +23,6 @@ from models.fusion import ITEM_LOGITS
 CFG = tiny_config()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a loaded 2-core machine OpenMP spin-waiting
-    made tiny forwards ~100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def check_outputs(outputs: tuple[torch.Tensor, ...], batch: int) -> None:
     nips, items, weights = outputs

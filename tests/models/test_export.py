@@ -18,15 +18,6 @@ CFG = tiny_config()
 TOLERANCE = 1e-3
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads; on a loaded 2-core machine OpenMP spin-waiting
-    made tiny forwards ~100x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def randomise_batchnorm(module: torch.nn.Module) -> None:
     """Non-trivial running statistics so that a wrongly folded BatchNorm shows in the parity."""

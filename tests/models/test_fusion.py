@@ -23,15 +23,6 @@ LENS = (2, 4, 16)
 SUBSETS = [p for p in itertools.product((0.0, 1.0), repeat=3) if any(p)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
-    spin-waiting made a tiny fusion forward ~100x slower (1.4 s vs 16 ms measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def tokens(batch: int = 3, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

@@ -25,15 +25,6 @@ CFG = VitalsConfig()
 END = 1000.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
-    spin-waiting made a tiny fusion forward ~100x slower (1.4 s vs 16 ms measured)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
 
 def beats(rr_ms: list[float], start_s: float) -> tuple[np.ndarray, np.ndarray]:
     """Beat times (closing R peak of each interval) for a sequence of RR intervals."""
