@@ -28,6 +28,7 @@ Installed layout (``bundles_dir``, default ``/var/lib/neopain/calibration``; the
 from __future__ import annotations
 
 import argparse
+import sys
 import getpass
 import hashlib
 import hmac
@@ -352,7 +353,7 @@ def run_keygen(args: argparse.Namespace) -> int:
     try:
         path = generate_key(args.key)
     except FileExistsError:
-        print(f"neopain calibrate keygen: {args.key} exists; refusing to replace a device key", flush=True)
+        print(f"neopain calibrate keygen: {args.key} exists; refusing to replace a device key", file=sys.stderr)
         return 2
     print(f"wrote {path} (key id {key_id(read_key(path))})")
     return 0
@@ -367,7 +368,7 @@ def run_install(args: argparse.Namespace) -> int:
     try:
         v = install_bundle(args.bundle, args.dir, read_key(args.key), model_version=args.model_version)
     except (BundleError, OSError) as exc:
-        print(f"neopain calibrate install: refused: {exc}")
+        print(f"neopain calibrate install: refused: {exc}", file=sys.stderr)
         return 2
     print(f"installed {v.version} (model {v.map.model_version}) as {args.dir / CURRENT}; "
           f"send SIGHUP to the daemon (systemctl reload neopain) to apply it")
@@ -382,7 +383,7 @@ def run_list(args: argparse.Namespace) -> int:
     try:
         bundles = list_bundles(args.dir)
     except BundleError as exc:
-        print(f"neopain calibrate list: {exc}")
+        print(f"neopain calibrate list: {exc}", file=sys.stderr)
         return 2
     if not bundles:
         print(f"no bundles installed in {args.dir}")
@@ -401,7 +402,7 @@ def run_rollback(args: argparse.Namespace) -> int:
     try:
         v = rollback(args.dir, read_key(args.key), to=args.to, model_version=args.model_version)
     except BundleError as exc:
-        print(f"neopain calibrate rollback: refused: {exc}")
+        print(f"neopain calibrate rollback: refused: {exc}", file=sys.stderr)
         return 2
     print(f"current is now {v.version}; send SIGHUP to the daemon (systemctl reload neopain) to apply it")
     return 0

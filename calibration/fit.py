@@ -19,6 +19,7 @@ map that makes it worse. ``auto`` picks the family with the lower cross-validate
 from __future__ import annotations
 
 import argparse
+import sys
 import csv
 import json
 import math
@@ -317,7 +318,7 @@ def run_fit(args: argparse.Namespace) -> int:
         result = fit_calibration(pairs, method=args.method, k=args.folds, min_infants=args.min_infants,
                                  min_ratings=args.min_ratings)
     except (FitRefused, ValueError, OSError) as exc:
-        print(f"neopain calibrate fit: refused: {exc}")
+        print(f"neopain calibrate fit: refused: {exc}", file=sys.stderr)
         return 2
     files = write_report(result, pairs, args.out)
     print(f"{result.map.method} map: CV MAE {result.cv_mae_before:.3f} -> {result.cv_mae_after:.3f} "
@@ -328,7 +329,7 @@ def run_fit(args: argparse.Namespace) -> int:
                                    x=list(result.map.x), y=list(result.map.y), key=bundle.read_key(args.key),
                                    method=result.map.method, fit=result.summary(), created_by=args.created_by)
         except bundle.BundleError as exc:
-            print(f"neopain calibrate fit: bundle not written: {exc}")
+            print(f"neopain calibrate fit: bundle not written: {exc}", file=sys.stderr)
             return 2
         path = bundle.write_bundle(args.out / bundle.BUNDLE_FILE, b)
         print(f"signed bundle {path}; install it with `neopain calibrate install {path}`")

@@ -19,6 +19,7 @@ the scoring loop ever waits on the disk.
 from __future__ import annotations
 
 import argparse
+import sys
 import logging
 import math
 import queue
@@ -337,7 +338,7 @@ def run_rate(args: argparse.Namespace) -> int:
     try:
         store.rate(args.nips, args.rater, at=args.at)
     except SessionError as exc:
-        print(f"neopain calibrate rate: refused: {exc}")
+        print(f"neopain calibrate rate: refused: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
@@ -356,7 +357,7 @@ def run_start(args: argparse.Namespace) -> int:
     try:
         s = store.start(args.infant, started_by=args.by)
     except SessionError as exc:
-        print(f"neopain calibrate start: refused: {exc}")
+        print(f"neopain calibrate start: refused: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()
@@ -373,7 +374,7 @@ def run_stop(args: argparse.Namespace) -> int:
     try:
         s = store.stop()
     except SessionError as exc:
-        print(f"neopain calibrate stop: {exc}")
+        print(f"neopain calibrate stop: {exc}", file=sys.stderr)
         return 2
     finally:
         store.close()

@@ -86,7 +86,7 @@ def test_cli_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser()
     add_rate_arguments(parser)
     args = parser.parse_args(["--nips", "3", "--rater", "RN1", "--db", str(db)])
-    assert run_rate(args) == 2 and "start one" in capsys.readouterr().out
+    assert run_rate(args) == 2 and "start one" in capsys.readouterr().err
     store = SessionStore(db)
     store.start("I01")
     assert run_rate(args) == 0
