@@ -24,7 +24,7 @@ from torch import nn
 
 from models.audio import create_audio_encoder
 from models.configs import MODALITIES, NIPS_MAX, ModelConfig
-from models.fusion import ITEM_LOGITS, create_fusion, masked_mean
+from models.fusion import ITEM_LOGITS, create_fusion, create_fusion_head, masked_mean
 from models.video import create_video_encoder
 from models.vitals import create_vitals_encoder
 
@@ -162,13 +162,8 @@ class EarlyFusionBaseline(nn.Module):
         super().__init__()
         self.encoders = encoders
         self.norms = nn.ModuleList(nn.LayerNorm(d) for d in encoders.out_dims)
-        self.mlp = nn.Sequential(
-            nn.Linear(sum(encoders.out_dims) + len(MODALITIES), hidden),
-            nn.GELU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden, hidden),
-            nn.GELU(),
-        )
+        # The fusion model's head builder: both compare at equal head capacity.
+        self.mlp = create_fusion_head(sum(encoders.out_dims) + len(MODALITIES), hidden, dropout)
         self.nips_head = nn.Linear(hidden, 1)
         self.item_head = nn.Linear(hidden, ITEM_LOGITS)
 
