@@ -77,7 +77,7 @@ class Sources:
             self.tracker = FaceTracker(FaceConfig(crop_size=cfg.camera.face_crop_size, roi=roi))
             self.camera = Camera(cam_cfg, self._on_frame).start()
         if cfg.microphone.enabled:
-            from appliance.sources.cry import CryDetector
+            from models.features.cry import CryDetector
             from appliance.sources.microphone import Microphone, MicrophoneConfig
 
             self.cry = CryDetector()

@@ -21,11 +21,11 @@ import numpy as np
 
 from appliance.buffers import ModalityBuffers
 from appliance.clock import NS_PER_S, now_ns
-from appliance.sources.cry import CrySegment
+from models.features.cry import CrySegment
 
 
 class CrySegments(Protocol):
-    """What the builder needs from a cry detector (``appliance.sources.cry.CryDetector`` provides it)."""
+    """What the builder needs from a cry detector (``models.features.cry.CryDetector`` provides it)."""
 
     def segment_at(self, t_ns: int, hold_s: float = 0.0) -> CrySegment | None: ...
 

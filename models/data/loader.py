@@ -24,8 +24,9 @@ import numpy as np
 from models.configs import NIPS_ITEMS, NIPS_MAX
 from models.data.layout import (Dataset, DatasetError, Recording, Subject, load_audio, read_dataset, read_ecg,
                                 read_vitals)
+from models.features.cry import CryConfig, detect_cry
 
-LOADER_VERSION = 1  # bump when the decoded arrays change meaning: invalidates caches
+LOADER_VERSION = 2  # bump when the decoded arrays change meaning: invalidates caches
 FaceCrop = Callable[[np.ndarray], np.ndarray]
 
 
@@ -65,7 +66,7 @@ class Presence:
     video: bool  # the video covers the window
     face_visible: bool  # ... and the face is not occluded in most sampled frames
     audio: bool  # the audio covers the window
-    cry_detected: bool  # a voiced cry-like sound (f0 250-800 Hz) lasts >= 0.2 s
+    cry_detected: bool  # the device's cry detector (models.features.cry) finds a cry segment
     vitals_valid: bool  # at least half of the expected HR numerics in the 30 s are present
 
     def mask(self) -> dict[str, bool]:
@@ -154,41 +155,6 @@ def read_face_visibility(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(t), np.asarray(v, dtype=bool)
 
 
-def _frame_rms(audio: np.ndarray, frame: int) -> np.ndarray:
-    n = audio.size // frame
-    return np.sqrt(np.mean(audio[: n * frame].reshape(n, frame) ** 2, axis=1) + 1e-12)
-
-
-def detect_cry(audio: np.ndarray, rate: int, noise_floor: float, *, min_voiced_s: float = 0.2) -> bool:
-    """Voiced, cry-pitched sound above the noise floor for at least ``min_voiced_s``.
-
-    A frame is voiced when its normalised autocorrelation peaks (> 0.5) at a lag of a 250-800 Hz
-    fundamental and not at a fraction of that lag, which rejects pure-tone alarm beeps.
-    """
-    frame = int(0.04 * rate)
-    hop = frame // 2
-    if audio.size < frame:
-        return False
-    starts = np.arange(0, audio.size - frame + 1, hop)
-    frames = audio[starts[:, None] + np.arange(frame)]
-    rms = np.sqrt(np.mean(frames ** 2, axis=1))
-    loud = rms > max(2.0 * noise_floor, 0.003)
-    if not loud.any():
-        return False
-    x = frames[loud] - frames[loud].mean(axis=1, keepdims=True)
-    spec = np.fft.rfft(x * np.hanning(frame), n=2 * frame, axis=1)
-    ac = np.fft.irfft(np.abs(spec) ** 2, axis=1)[:, :frame]
-    ac = ac / (ac[:, :1] + 1e-12)
-    lo, hi = int(rate / 800.0), int(rate / 250.0) + 1
-    best = lo + np.argmax(ac[:, lo:hi], axis=1)
-    peak = ac[np.arange(len(best)), best]
-    sub = np.zeros_like(peak)
-    for k in (2, 3, 4, 5):
-        sub = np.maximum(sub, ac[np.arange(len(best)), np.maximum(best // k, 1)])
-    voiced = (peak > 0.5) & (sub < 0.8 * peak)
-    return bool(voiced.sum() * hop / rate >= min_voiced_s)
-
-
 def _segment(signal: np.ndarray, first: int, length: int) -> tuple[np.ndarray, float]:
     """signal[first:first+length] zero-padded outside the signal; and the fraction covered."""
     out = np.zeros(length, dtype=np.float32)
@@ -224,7 +190,6 @@ def _decode_recording(recording: Recording, num_frames: int, vitals_window_s: fl
 
     face = read_face_visibility(recording.face_path) if recording.face_path else None
     audio, rate = load_audio(recording.audio.path)
-    floor = float(np.percentile(_frame_rms(audio, max(int(0.02 * rate), 1)), 20)) if audio.size else 0.0
     vit = read_vitals(recording.vitals_path)
     vt = vit.t_s + off_m
     numeric = np.isnan(vit.rr_ms)
@@ -255,7 +220,7 @@ def _decode_recording(recording: Recording, num_frames: int, vitals_window_s: fl
         first = int(round((w.start_s - off_a) * rate))
         seg, covered = _segment(audio, first, int(round((w.end_s - w.start_s) * rate)))
         audio_ok = covered >= 0.9
-        cry = audio_ok and detect_cry(seg, rate, floor)
+        cry = audio_ok and bool(detect_cry(seg, rate, config=CryConfig(rate=rate)))
         # Vitals: the 30 s ending at the window end.
         v0 = w.end_s - vitals_window_s
         sel = (vt > v0) & (vt <= w.end_s)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from appliance.buffers import ModalityBuffers, RRInterval, VitalsSample
-from appliance.sources.cry import CryDetector
+from models.features.cry import CryDetector
 from appliance.sources.face import FaceObservation
 from appliance.sources.microphone import AudioPeriod
 from appliance.windows import WindowBuilder, WindowConfig

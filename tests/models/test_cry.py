@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from appliance.sources.cry import CryConfig, CryDetector, analyze_frames, detect_cry
+from models.features.cry import CryConfig, CryDetector, analyze_frames, detect_cry
 from appliance.sources.microphone import AudioPeriod
 
 SR = 16000

@@ -1,5 +1,8 @@
 """Cry detector for 16 kHz audio: frame energy + YIN pitch + voicing, with hysteresis into cry segments.
 
+One detector for the device (live, fed audio periods) and the dataset loader (offline, ``detect_cry``), so a
+training window is called a cry by exactly the rule the bedside uses.
+
 Why this shape: a neonatal cry is loud, voiced and has its fundamental in roughly 250-800 Hz (hyperphonated
 cries go higher, but the bulk sits there). Energy alone fires on door slams and ventilator noise; pitch alone
 fires on monitor alarms. So a frame is "cry-like" only when it is loud enough, periodic (YIN aperiodicity below
@@ -20,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from appliance.clock import NS_PER_S
+NS_PER_S = 1_000_000_000  # segment stamps are monotonic nanoseconds, as everywhere in the appliance
 
 if TYPE_CHECKING:
     from appliance.sources.microphone import AudioPeriod
