@@ -71,6 +71,10 @@ COMMANDS: tuple[Command, ...] = (
             "make an earlier bundle current"),
     Command(("calibrate", "keygen"), "calibration.bundle", "add_keygen_arguments", "run_keygen",
             "create the device's bundle-signing key (0600)"),
+    Command(("calibrate", "capture-int8"), "calibration.capture_int8", "add_capture_int8_arguments",
+            "run_capture_int8", "store quality-gated bedside windows (0600, on the device) for TensorRT INT8"),
+    Command(("commission",), "calibration.commission", "add_commission_arguments", "run_commission",
+            "bedside checks (camera, microphone, monitor) with a report; stores a face snapshot unless --no-snapshot"),
 )
 
 GROUP_HELP = {
