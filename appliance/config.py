@@ -183,6 +183,11 @@ class MqttSection:
     health_interval_s: float = spec(30.0, "Publish the retained health message every this many seconds.",
                                     min=1.0, max=3600.0)
     publish_vitals: bool = spec(False, "Also publish HR/SpO2 as read, 1 Hz, on <prefix>/vitals.")
+    command_key_file: str = spec("", "Central station key (hex, 0600) if not given as a systemd credential: when set, "
+                                 "commands must carry command_id, sent_utc and an HMAC-SHA256 made with it (see "
+                                 "appliance/messages.py). Empty: the broker ACL alone says who may command.", path=True)
+    command_key_credential: str = spec("mqtt-command-key", "systemd credential holding the station key (used when "
+                                       "present in $CREDENTIALS_DIRECTORY).", pattern=_NAME_RE)
 
 
 @dataclass(frozen=True)
@@ -497,6 +502,8 @@ def parse_config(text: str, *, file: Path | str = "<config>", base: Path | None 
         match = re.search(r"line (\d+)", str(exc))
         raise ConfigError(f"not valid TOML: {exc}", file=file,
                           line=int(match.group(1)) if match else None) from None
+    except RecursionError:  # tomllib recurses on nested arrays/tables: "a = [[[[..." must not be a traceback
+        raise ConfigError("not valid TOML: values nested too deeply", file=file) from None
     loc = _Locator(file, text)
     base = base if base is not None else Path(str(file)).parent
     known = {f.name: f for f in sections()}
@@ -567,9 +574,11 @@ def _read_secret(path: Path, what: str, *, check_others: bool, loc: _Locator | N
         raise fail(f"cannot read secret {path} ({what}): {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
         raise fail(f"secret {path} ({what}) is not a regular file")
-    if check_others and st.st_mode & (stat.S_IROTH | stat.S_IWOTH):
-        raise fail(f"secret {path} is readable or writable by others (mode {stat.S_IMODE(st.st_mode):04o}); "
-                   f"run chmod o-rwx")
+    # Group too: on a shared box the group may hold other services' users; the service's own user owns its
+    # secrets (systemd credentials are already private and not checked).
+    if check_others and st.st_mode & (stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH):
+        raise fail(f"secret {path} is readable or writable by group or others "
+                   f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}")
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -605,6 +614,25 @@ def mqtt_tls_keyfile(config: Config, *, _loc: _Locator | None = None) -> Path | 
         raise _loc.error(err, message) if _loc else ConfigError(message, key=".".join(err))
     _read_secret(path, what, check_others=what.startswith("mqtt."), loc=_loc, key=("mqtt", "tls_key_file"))
     return path
+
+
+def command_key(config: Config, *, _loc: _Locator | None = None) -> bytes | None:
+    """The central station's command key (credential first, then ``mqtt.command_key_file``), or None.
+
+    Hex text of at least 16 bytes, like the calibration key; never stored on the Config (no repr, no log)."""
+    path, what = _secret_path(config, config.mqtt.command_key_credential, "command_key_file")
+    if path is None:
+        return None
+    key_name = ("mqtt", "command_key_file")
+    raw = _read_secret(path, what, check_others=what.startswith("mqtt."), loc=_loc, key=key_name)
+    try:
+        key = bytes.fromhex(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) < 16:
+        message = f"secret {path} ({what}) must be hex text of at least 16 bytes (e.g. `openssl rand -hex 32`)"
+        raise _loc.error(key_name, message) if _loc else ConfigError(message, key=".".join(key_name))
+    return key
 
 
 def _check_readable(config: Config, loc: _Locator) -> None:
@@ -650,6 +678,10 @@ def check_config(path: Path | str) -> Config:
     _check_readable(config, loc)
     mqtt_tls_keyfile(config, _loc=loc)
     mqtt_password(config, _loc=loc)
+    command_key(config, _loc=loc)
+    if config.calibration.key_file:  # signs calibration bundles: a readable key lets anyone forge one
+        _read_secret(Path(config.calibration.key_file), "calibration.key_file", check_others=True, loc=loc,
+                     key=("calibration", "key_file"))
     return config
 
 

@@ -34,7 +34,7 @@ from typing import Any
 from appliance import service
 from appliance.buffers import ModalityBuffers, VitalsSample, extend_rr
 from appliance.calibration_map import CalibrationError, CalibrationStage
-from appliance.config import DEFAULT_CONFIG_PATH, Config, ConfigError, check_config, mqtt_tls_keyfile
+from appliance.config import DEFAULT_CONFIG_PATH, Config, ConfigError, check_config, command_key, mqtt_tls_keyfile
 
 log = logging.getLogger("neopain.daemon")
 
@@ -187,7 +187,7 @@ def publisher_config(config: Config) -> Any:
         tls_cert=Path(m.tls_cert_file) if m.tls_cert_file else None,
         tls_key=mqtt_tls_keyfile(config),
         score_expiry_s=float(m.message_expiry_s), health_interval_s=m.health_interval_s,
-        outbox_max_rows=config.outbox.max_rows, publish_vitals=m.publish_vitals,
+        outbox_max_rows=config.outbox.max_rows, publish_vitals=m.publish_vitals, command_key=command_key(config),
     )
 
 

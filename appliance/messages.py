@@ -12,6 +12,8 @@ time through ``appliance.clock``.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import math
 import uuid
@@ -246,42 +248,203 @@ def encode(message: Mapping[str, Any]) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- commands
+# Who may command a bed, and how the device checks it (issue 8).
+#
+# Authentication is layered. (1) The broker is the gate: ``allow_anonymous false``, TLS, and an ACL in which
+# only the central station's user may write ``neopain/<site>/<bed>/cmd/#`` and each bed's user may only write
+# under its own prefix and read its own ``cmd/#`` (tests/reliability/test_security.py runs exactly that
+# broker). A bed can therefore neither publish another bed's scores nor command another bed. (2) The device
+# still treats every command payload as hostile input: size limit, UTF-8 JSON object, known name, typed
+# envelope, target bed, freshness and replay (a command id is executed at most once), and -- when a station
+# key is configured (``CommandGuard(key=...)``) -- an HMAC-SHA256 over the topic and the payload, so that a
+# broker account leak alone cannot command a cot. Every refusal is a ``CommandError`` whose message names the
+# field; the publisher logs and counts it and carries on.
+#
+# Envelope keys (optional without a key; ``command_id``, ``sent_utc`` and ``hmac`` required with one) are taken
+# out of the payload before the handler sees the arguments:
+#
+#   command_id  str, 1..64 chars [A-Za-z0-9_.:-]   at-most-once: a repeat within the freshness window is refused
+#   sent_utc    ISO 8601 UTC ("...Z")                refused when further than ``max_skew_s`` from the device clock
+#   bed         str                                  must equal this device's bed topic level
+#   hmac        64 hex chars                         HMAC-SHA256(key, topic + "\n" + canonical JSON without hmac)
+
+#: Largest command payload accepted (bytes): commands are a handful of short fields; anything bigger is an
+#: attack or a bug, and a bound keeps JSON parsing cheap on paho's network thread.
+MAX_COMMAND_BYTES = 4096
+#: Default freshness window for ``sent_utc`` (seconds either side of the device's wall clock).
+COMMAND_MAX_SKEW_S = 120.0
+ENVELOPE_KEYS = ("command_id", "sent_utc", "bed", "hmac")
+_COMMAND_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-")
+
+
 @dataclass(frozen=True)
 class Command:
-    """A command received on ``<prefix>/cmd/<name>``: the name comes from the topic, arguments from JSON."""
+    """A command received on ``<prefix>/cmd/<name>``: the name comes from the topic, arguments from JSON.
+
+    ``args`` never contains the envelope keys (``ENVELOPE_KEYS``); ``command_id``/``sent_utc`` are kept here
+    for logs and de-duplication."""
 
     name: str
     args: dict[str, Any] = field(default_factory=dict)
     topic: str = ""
+    command_id: str | None = None
+    sent_utc: str | None = None
 
 
 class CommandError(ValueError):
-    """A command payload that cannot be used; ``kind`` is ``malformed`` or ``unknown``."""
+    """A command that must not be executed. ``kind``: ``malformed`` (bad bytes, JSON, size or envelope field),
+    ``unknown`` (name), ``unauthenticated`` (missing or wrong HMAC), ``stale`` (``sent_utc`` outside the
+    window) or ``replayed`` (``command_id`` already executed)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
 
 
-def parse_command(
-    name: str, payload: bytes, *, topic: str = "", known: frozenset[str] = KNOWN_COMMANDS
-) -> Command:
-    """Parse one command: ``payload`` must be empty or a UTF-8 JSON object; ``name`` must be known.
+def canonical_command(topic: str, body: Mapping[str, Any]) -> bytes:
+    """The bytes an HMAC covers: the topic, a newline, and ``body`` (without ``hmac``) as sorted compact
+    ASCII JSON. Binding the topic stops a signed command from being replayed to another bed or command."""
+    unsigned = {k: v for k, v in body.items() if k != "hmac"}
+    text = json.dumps(unsigned, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+    return topic.encode("utf-8", "surrogatepass") + b"\n" + text.encode("ascii")
 
-    Raises ``CommandError`` (kind ``malformed`` or ``unknown``) instead of guessing, so the publisher can count
-    and log bad commands and carry on.
-    """
-    if name not in known:
-        raise CommandError("unknown", f"command {name!r} is not one of {', '.join(sorted(known))}")
-    if not payload.strip():
-        return Command(name=name, args={}, topic=topic)
+
+def sign_command(topic: str, args: Mapping[str, Any], key: bytes, *, command_id: str | None = None,
+                 sent_utc: str | None = None, bed: str | None = None) -> bytes:
+    """A station-side command payload for ``topic``: ``args`` plus a fresh envelope and its HMAC."""
+    body: dict[str, Any] = dict(args)
+    body["command_id"] = command_id or str(uuid.uuid4())
+    body["sent_utc"] = sent_utc or _utc_now_iso()
+    if bed is not None:
+        body["bed"] = bed
+    body["hmac"] = hmac.new(key, canonical_command(topic, body), hashlib.sha256).hexdigest()
+    return json.dumps(body, separators=(",", ":")).encode("utf-8")
+
+
+def _parse_utc(name: str, value: Any) -> datetime:
+    if not isinstance(value, str) or len(value) > 40:
+        raise CommandError("malformed", f"{name}: expected an ISO 8601 UTC time string, got {value!r:.60}")
     try:
-        args = json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CommandError("malformed", f"command {name!r}: payload is not UTF-8 JSON ({exc})") from exc
-    if not isinstance(args, dict):
-        raise CommandError("malformed", f"command {name!r}: payload must be a JSON object, got {type(args).__name__}")
-    return Command(name=name, args=args, topic=topic)
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise CommandError("malformed", f"{name}: not an ISO 8601 time: {value!r}") from None
+    if when.tzinfo is None:
+        raise CommandError("malformed", f"{name}: needs a UTC offset or 'Z', got {value!r}")
+    try:
+        return when.astimezone(timezone.utc)
+    except (ValueError, OverflowError):  # "0001-01-01T00:00:00+14:00" has no UTC equivalent
+        raise CommandError("malformed", f"{name}: {value!r} is out of range") from None
+
+
+def _refuse_constant(token: str) -> Any:
+    """``json.loads`` accepts NaN/Infinity by default; a command has no use for them (and canonical JSON
+    for the HMAC could not encode them)."""
+    raise ValueError(f"{token} is not JSON")
+
+
+def parse_command(
+    name: str, payload: bytes, *, topic: str = "", known: frozenset[str] = KNOWN_COMMANDS, bed: str | None = None
+) -> Command:
+    """Parse one command (stateless checks): ``payload`` must be empty or a UTF-8 JSON object of at most
+    ``MAX_COMMAND_BYTES``; ``name`` must be known; envelope keys, when present, must have the right types and
+    ``bed`` (when both are given) must be this device's bed.
+
+    Raises ``CommandError`` instead of guessing, so the publisher can count and log bad commands and carry on.
+    Freshness, replay and HMAC need state or a key: see :class:`CommandGuard`.
+    """
+    return _parse_command(name, payload, topic=topic, known=known, bed=bed)[0]
+
+
+def _parse_command(name: str, payload: bytes, *, topic: str, known: frozenset[str],
+                   bed: str | None) -> tuple[Command, dict[str, Any]]:
+    """:func:`parse_command` plus the decoded JSON object (the HMAC check needs the envelope as sent)."""
+    if name not in known:
+        raise CommandError("unknown", f"command {name[:80]!r} is not one of {', '.join(sorted(known))}")
+    if len(payload) > MAX_COMMAND_BYTES:
+        raise CommandError("malformed", f"command {name!r}: payload of {len(payload)} bytes exceeds "
+                                        f"{MAX_COMMAND_BYTES}")
+    if not payload.strip():
+        return Command(name=name, args={}, topic=topic), {}
+    try:
+        body = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError, JSONDecodeError; "[[[[..." nesting
+        raise CommandError("malformed", f"command {name!r}: payload is not UTF-8 JSON ({type(exc).__name__}: "
+                                        f"{str(exc)[:120]})") from None
+    if not isinstance(body, dict):
+        raise CommandError("malformed", f"command {name!r}: payload must be a JSON object, got {type(body).__name__}")
+    command_id = body.get("command_id")
+    if command_id is not None and (not isinstance(command_id, str) or not 0 < len(command_id) <= 64
+                                   or not set(command_id) <= _COMMAND_ID_CHARS):
+        raise CommandError("malformed", f"command {name!r}: command_id: expected 1-64 characters "
+                                        f"[A-Za-z0-9_.:-], got {command_id!r:.80}")
+    sent = body.get("sent_utc")
+    if sent is not None:
+        _parse_utc("sent_utc", sent)
+    target = body.get("bed")
+    if target is not None and not isinstance(target, str):
+        raise CommandError("malformed", f"command {name!r}: bed: expected a string, got {target!r:.80}")
+    if target is not None and bed is not None and target != bed:
+        raise CommandError("malformed", f"command {name!r}: bed: {target!r:.80} is not this bed ({bed!r})")
+    mac = body.get("hmac")
+    if mac is not None and (not isinstance(mac, str) or len(mac) != 64
+                            or any(c not in "0123456789abcdef" for c in mac)):
+        raise CommandError("malformed", f"command {name!r}: hmac: expected 64 lowercase hex digits")
+    args = {k: v for k, v in body.items() if k not in ENVELOPE_KEYS}
+    return Command(name=name, args=args, topic=topic, command_id=command_id, sent_utc=sent), body
+
+
+class CommandGuard:
+    """The device's stateful command checks, on top of :func:`parse_command`: freshness, replay, HMAC.
+
+    ``key`` (the station key, from a 0600 file or a systemd credential) makes ``command_id``, ``sent_utc`` and
+    ``hmac`` mandatory; without it they are checked when present. Remembered ids are bounded (``max_ids``,
+    oldest forgotten first) and only need to outlive the freshness window, after which ``sent_utc`` refuses a
+    replay by itself. Used from paho's network thread only (not thread-safe by design: one caller).
+    """
+
+    def __init__(self, *, bed: str | None = None, known: frozenset[str] = KNOWN_COMMANDS, key: bytes | None = None,
+                 max_skew_s: float = COMMAND_MAX_SKEW_S, max_ids: int = 4096) -> None:
+        if key is not None and len(key) < 16:
+            raise ValueError(f"command key: {len(key)} bytes; at least 16 needed")
+        self.bed = bed
+        self.known = known
+        self._key = key
+        self.max_skew_s = float(max_skew_s)
+        self.max_ids = max_ids
+        self._seen: dict[str, None] = {}  # insertion-ordered set
+
+    @property
+    def requires_signature(self) -> bool:
+        return self._key is not None
+
+    def check(self, name: str, payload: bytes, *, topic: str, now: datetime | None = None) -> Command:
+        """The command, or ``CommandError`` naming the field; a command that passes is remembered (replay)."""
+        command, body = _parse_command(name, payload, topic=topic, known=self.known, bed=self.bed)
+        if self._key is not None:
+            for key in ("command_id", "sent_utc", "hmac"):
+                if body.get(key) is None:
+                    raise CommandError("unauthenticated", f"command {name!r}: {key}: required (a station key is set)")
+            try:
+                signed = canonical_command(topic, body)
+            except (ValueError, RecursionError) as exc:
+                raise CommandError("malformed", f"command {name!r}: cannot be canonicalised ({exc})") from None
+            want = hmac.new(self._key, signed, hashlib.sha256).hexdigest()
+            if not hmac.compare_digest(want, body["hmac"]):
+                raise CommandError("unauthenticated", f"command {name!r}: hmac: does not verify for {topic!r}")
+        if command.sent_utc is not None:
+            now = now or datetime.now(timezone.utc)
+            skew = (_parse_utc("sent_utc", command.sent_utc) - now).total_seconds()
+            if abs(skew) > self.max_skew_s:
+                raise CommandError("stale", f"command {name!r}: sent_utc: {command.sent_utc} is {skew:+.0f} s from "
+                                            f"the device clock (window ±{self.max_skew_s:g} s)")
+        if command.command_id is not None:
+            if command.command_id in self._seen:
+                raise CommandError("replayed", f"command {name!r}: command_id: {command.command_id!r} was already "
+                                               f"executed")
+            self._seen[command.command_id] = None
+            while len(self._seen) > self.max_ids:
+                del self._seen[next(iter(self._seen))]
+        return command
 
 
 # ----------------------------------------------------------------------------------------------- schemas

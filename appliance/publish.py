@@ -98,6 +98,7 @@ class PublisherConfig:
     reconnect_max_s: int = 30
     publish_vitals: bool = True
     known_commands: frozenset[str] = field(default_factory=lambda: messages.KNOWN_COMMANDS)
+    command_key: bytes | None = field(default=None, repr=False)  # station HMAC key (config.command_key)
 
     def __post_init__(self) -> None:
         _topic_part("site", self.site)
@@ -185,6 +186,9 @@ class Publisher:
         self.outbox = Outbox(config.outbox_path, max_rows=config.outbox_max_rows)
         self._health_provider = health_provider
         self._on_command = on_command
+        # Size, JSON, envelope, target bed, freshness and replay checks of every command (see messages.py).
+        self._command_guard = messages.CommandGuard(bed=config.bed, known=config.known_commands,
+                                                    key=config.command_key)
         self._password = read_password(config.password_file) if config.password_file else None
         for name in ("tls_ca", "tls_cert", "tls_key"):
             p = getattr(config, name)
@@ -375,7 +379,7 @@ class Publisher:
         prefix = self.config.topic("cmd/")
         name = msg.topic[len(prefix):] if msg.topic.startswith(prefix) else ""
         try:
-            command = messages.parse_command(name, msg.payload, topic=msg.topic, known=self.config.known_commands)
+            command = self._command_guard.check(name, msg.payload, topic=msg.topic)
         except messages.CommandError as exc:
             counter = "commands_unknown" if exc.kind == "unknown" else "commands_malformed"
             with self._stats_lock:

@@ -1,0 +1,85 @@
+"""A locked-down mosquitto for the security tests: TLS listener, password file, ACL, no anonymous clients.
+
+Why this shape: it is the deployment issue 8 asks for, so the tests prove the device's behaviour against the
+broker policy a hospital would run, not against an open test broker. The throwaway PKI comes from the MQTT
+tests' ``make_pki`` (``openssl`` CLI: a CA, a server certificate for 127.0.0.1, a client certificate) and a
+second, unrelated CA stands for "a certificate the device must not trust".
+
+Users: ``station`` (the central station: reads every bed, is the only one allowed to write ``cmd`` topics),
+``bed-12`` and ``bed-13`` (each writes only its own score/status/health/vitals and reads only its own
+``cmd/#``). The fixture's plain listener shares the same global password file and ACL
+(``per_listener_settings false``), so even the plain port refuses anonymous clients.
+"""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+_spec = importlib.util.spec_from_file_location("neopain_test_publish",
+                                               HERE.parent / "appliance" / "mqtt" / "test_publish.py")
+_publish_tests = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
+if not hasattr(_publish_tests, "make_pki"):
+    _spec.loader.exec_module(_publish_tests)  # type: ignore[union-attr]
+make_pki = _publish_tests.make_pki
+
+SITE = "sec"
+BEDS = ("bed-12", "bed-13")
+STATION = ("station", "st4tion-pw")
+#: Leaves a bed publishes under ``neopain/<site>/<bed>/`` (appliance/publish.py).
+BED_LEAVES = ("score", "status", "health", "vitals")
+
+
+def password(user: str) -> str:
+    return f"{user}-pw-0123"
+
+
+def acl_text(site: str = SITE, beds: tuple[str, ...] = BEDS) -> str:
+    """The broker ACL: the station reads all and writes commands; a bed writes its own leaves, reads its cmd."""
+    lines = ["user station", "topic read neopain/#", "topic write neopain/+/+/cmd/#", ""]
+    for bed in beds:
+        lines.append(f"user {bed}")
+        lines += [f"topic write neopain/{site}/{bed}/{leaf}" for leaf in BED_LEAVES]
+        lines += [f"topic read neopain/{site}/{bed}/cmd/#", ""]
+    return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class SecureBrokerFiles:
+    pki: Path
+    passwd: Path
+    acl: Path
+    tls_port: int
+
+    @property
+    def ca(self) -> Path:
+        return self.pki / "good-ca.crt"
+
+    @property
+    def wrong_ca(self) -> Path:
+        return self.pki / "other-ca.crt"
+
+    def broker_lines(self) -> list[str]:
+        """Extra mosquitto.conf lines for ``broker_factory`` (which adds the plain listener first)."""
+        return ["per_listener_settings false", "allow_anonymous false", f"password_file {self.passwd}",
+                f"acl_file {self.acl}", f"listener {self.tls_port} 127.0.0.1", f"cafile {self.ca}",
+                f"certfile {self.pki}/good-server.crt", f"keyfile {self.pki}/good-server.key"]
+
+
+def make_secure_broker_files(workdir: Path, tls_port: int) -> SecureBrokerFiles:
+    """PKI (two CAs), password file (station + beds) and ACL in ``workdir``."""
+    pki = workdir / "pki"
+    pki.mkdir(parents=True)
+    make_pki(pki, "good")
+    make_pki(pki, "other")
+    passwd = workdir / "mosquitto.passwd"
+    users = [STATION, *((bed, password(bed)) for bed in BEDS)]
+    for i, (user, pw) in enumerate(users):
+        subprocess.run(["mosquitto_passwd", *(["-c"] if i == 0 else []), "-b", str(passwd), user, pw],
+                       check=True, capture_output=True)
+    acl = workdir / "mosquitto.acl"
+    acl.write_text(acl_text())
+    return SecureBrokerFiles(pki=pki, passwd=passwd, acl=acl, tls_port=tls_port)
