@@ -217,6 +217,11 @@ class Daemon:
         else:
             fields.update(state="no_score", detail=self._startup_detail,
                           engine_backend=getattr(self.engines, "backend", None))
+        if self.calibration is not None:
+            # The active map first (never cut off by the 500-character limit): after a SIGHUP the ward can
+            # see which bundle scores are calibrated with, and a refused reload's reason follows it.
+            active = f"calibration {self.calibration.current.version} active"
+            fields["detail"] = "; ".join(x for x in (active, fields.get("detail")) if x)[:500]
         return fields
 
     def status_text(self) -> str:

@@ -152,9 +152,27 @@ class FitResult:
     oof: np.ndarray | None = field(default=None, repr=False)
 
     def summary(self) -> dict[str, Any]:
-        """JSON-safe figures for the bundle's ``fit`` and the report."""
+        """JSON-safe figures for the bundle's ``fit`` and the report.
+
+        An undefined figure is ``None`` (JSON null), not NaN: e.g. ICC has no value when every nurse gave the
+        same rating (zero variance), and the bundle's canonical JSON -- what is signed -- cannot hold NaN.
+        """
         d = {k: v for k, v in asdict(self).items() if k not in ("map", "oof")}
-        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in d.items()} | {"method": self.map.method}
+        return {k: _json_number(v) for k, v in d.items()} | {"method": self.map.method}
+
+
+def _json_number(v: Any) -> Any:
+    """Round floats to 4 decimals and turn non-finite ones into None (also inside dicts)."""
+    if isinstance(v, dict):
+        return {k: _json_number(x) for k, x in v.items()}
+    if isinstance(v, float):
+        return round(v, 4) if math.isfinite(v) else None
+    return v
+
+
+def _fmt(v: float | None, spec: str = ".3f") -> str:
+    """A report figure, or "n/a" for one that is undefined (see :meth:`FitResult.summary`)."""
+    return "n/a" if v is None else format(v, spec)
 
 
 def _arrays(pairs: Sequence[Pair]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -197,7 +215,8 @@ def fit_calibration(pairs: Sequence[Pair], *, method: str = "auto", k: int = 5, 
     final = fit_map(best, raw, ref)
 
     def icc(p: np.ndarray) -> float:
-        return stats.icc_absolute(np.column_stack([p, ref])).value
+        with np.errstate(invalid="ignore", divide="ignore"):  # no variance (one rating value): NaN -> null
+            return stats.icc_absolute(np.column_stack([p, ref])).value
 
     return FitResult(final, n_inf, len(pairs), int(np.unique(raters).size), min(k, n_inf), mae_before, mae_after,
                      icc(before), icc(oof[best]), stats.bland_altman(before, ref).bias,
@@ -244,10 +263,11 @@ def write_report(result: FitResult, pairs: Sequence[Pair], out_dir: str | Path) 
         f"Method: **{result.map.method}**; {s['n_infants']} infants, {s['n_ratings']} ratings, {s['n_raters']} raters; "
         f"{s['folds']}-fold cross-validation by infant.", "",
         "| | raw model | with map (cross-validated) |", "|---|---|---|",
-        f"| MAE (NIPS points) | {s['cv_mae_before']:.3f} | {s['cv_mae_after']:.3f} |",
-        f"| ICC(A,1) device vs nurse | {s['icc_before']:.3f} | {s['icc_after']:.3f} |",
-        f"| Bias (device - nurse) | {s['bias_before']:+.3f} | {s['bias_after']:+.3f} |", "",
-        "Cross-validated MAE per method: " + ", ".join(f"{m} {v:.3f}" for m, v in s["cv_mae_by_method"].items()), "",
+        f"| MAE (NIPS points) | {_fmt(s['cv_mae_before'])} | {_fmt(s['cv_mae_after'])} |",
+        f"| ICC(A,1) device vs nurse | {_fmt(s['icc_before'])} | {_fmt(s['icc_after'])} |",
+        f"| Bias (device - nurse) | {_fmt(s['bias_before'], '+.3f')} | {_fmt(s['bias_after'], '+.3f')} |", "",
+        "Cross-validated MAE per method: " + ", ".join(f"{m} {_fmt(v)}" for m, v in s["cv_mae_by_method"].items()),
+        "",
         f"Knots: x = {[round(v, 3) for v in result.map.x]}, y = {[round(v, 3) for v in result.map.y]}", "",
         f"![map and Bland-Altman]({png.name})", ""]), encoding="utf-8")
     js = out / "fit.json"

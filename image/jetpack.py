@@ -1,4 +1,4 @@
-#!/usr/bin/env python3
+#!/usr/bin/env python3.11
 """Compare a device against the pinned JetPack/L4T manifest (``jetpack.toml``).
 
 Why: TensorRT engines and the ONNX parity checks are only valid for the TensorRT/CUDA/L4T release they were
@@ -6,7 +6,10 @@ made with. A device that was re-flashed or ``apt upgrade``d onto another release
 so the mismatch has to be *reported*, not discovered as a subtle accuracy change. This file runs on the
 device as a plain script (standard library only, Python >= 3.11 for ``tomllib``)::
 
-    python3 /opt/neopain/image/jetpack.py [--manifest FILE] [--root /]
+    python3.11 /opt/neopain/image/jetpack.py [--manifest FILE] [--root /]
+
+Not ``python3``: on JetPack 6 that is Ubuntu 22.04's Python 3.10, which has no ``tomllib``; the image installs
+python3.11 for the appliance's venv (see ``jetpack.toml`` [python]), and the shebang names it.
 
 Exit status: 0 everything matches, 1 a mismatch (each one listed), 2 the manifest is unreadable,
 3 not a Jetson (no ``/etc/nv_tegra_release``), said plainly rather than reported as mismatches.
@@ -17,7 +20,12 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10 (JetPack 6's python3): say what to run instead of a traceback
+    sys.exit(f"jetpack.py needs Python >= 3.11 (tomllib); this is {sys.version.split()[0]}: run it with python3.11 "
+             f"or /opt/neopain/venv/bin/python")
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,6 +36,11 @@ DPKG_STATUS = Path("var/lib/dpkg/status")
 _RELEASE_RE = re.compile(r"^#\s*(R\d+)\s*\(release\),\s*REVISION:\s*([0-9.]+)")
 
 EXIT_OK, EXIT_MISMATCH, EXIT_BAD_MANIFEST, EXIT_NOT_JETSON = 0, 1, 2, 3
+
+#: NVIDIA's published JetPack -> Jetson Linux (L4T) pairs for JetPack 6 (sources in jetpack.toml). A manifest
+#: whose two versions disagree is refused: bumping one and forgetting the other would pin a release that
+#: does not exist.
+JETPACK_L4T = {"6.0": ("R36", "3.0"), "6.1": ("R36", "4.0"), "6.2": ("R36", "4.3"), "6.2.1": ("R36", "4.4")}
 
 
 class ManifestError(ValueError):
@@ -82,8 +95,12 @@ def load_manifest(path: Path = DEFAULT_MANIFEST) -> Manifest:
     release = str(_get(data, "l4t.release", str))
     if not re.fullmatch(r"R\d+", release):
         raise ManifestError(f"manifest: 'l4t.release' must look like R36, got {release!r}")
-    return Manifest(jetpack=str(_get(data, "jetpack.version", str)), l4t_release=release,
-                    l4t_revision=str(_get(data, "l4t.revision", str)), packages=dict(packages),  # type: ignore[arg-type]
+    jetpack, revision = str(_get(data, "jetpack.version", str)), str(_get(data, "l4t.revision", str))
+    if jetpack in JETPACK_L4T and JETPACK_L4T[jetpack] != (release, revision):
+        want = "{}.{}".format(*JETPACK_L4T[jetpack])
+        raise ManifestError(f"manifest: 'l4t' is {release}.{revision} but JetPack {jetpack} is L4T {want}")
+    return Manifest(jetpack=jetpack, l4t_release=release, l4t_revision=revision,
+                    packages=dict(packages),  # type: ignore[arg-type]
                     python_minimum=str(_get(data, "python.minimum", str)))
 
 

@@ -97,3 +97,49 @@ def test_unreadable_release_line_is_a_mismatch_not_a_crash(tmp_path: Path) -> No
     root = fake_device(tmp_path, "garbage\n", {})
     report = jetpack.check(jetpack.load_manifest(), root)
     assert report.is_jetson and not report.ok and "not understood" in report.mismatches[0]
+
+
+def test_manifest_l4t_must_be_the_jetpack_release(tmp_path: Path) -> None:
+    """JetPack 6.2 is L4T R36.4.3 (NVIDIA's pairing); a manifest bumping only one of them is refused."""
+    text = (Path(jetpack.__file__).with_name("jetpack.toml")).read_text()
+    assert jetpack.load_manifest().l4t_revision == jetpack.JETPACK_L4T["6.2"][1]
+    bad = tmp_path / "jetpack.toml"
+    bad.write_text(text.replace('revision = "4.3"', 'revision = "4.4"'))
+    with pytest.raises(jetpack.ManifestError, match=r"R36.4.4 but JetPack 6.2 is L4T R36.4.3"):
+        jetpack.load_manifest(bad)
+
+
+def test_python_pins_cover_the_gap_to_jetpack_python() -> None:
+    """JetPack 6's own python3 (3.10) is older than the appliance needs, so the venv's interpreter must be
+    another one, pinned as a package in the image, and equal to setup.py's python_requires."""
+    import re
+    import tomllib
+
+    data = tomllib.loads(Path(jetpack.__file__).with_name("jetpack.toml").read_text())
+    py = data["python"]
+    version = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
+    assert version(py["system"]) < version(py["minimum"])
+    assert py["interpreter"] == f"python{py['minimum']}" and data["packages"][py["interpreter"]] == py["minimum"]
+    setup = (Path(jetpack.__file__).parents[1] / "setup.py").read_text()
+    assert re.search(r'python_requires\s*=\s*">=\s*([0-9.]+)"', setup).group(1) == py["minimum"]
+
+
+def _python310() -> str | None:
+    """A working Python 3.10 (what JetPack 6 runs as python3), if this machine has one."""
+    import glob
+    import shutil
+
+    candidates = [*sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.10*/bin/python3.10"))), shutil.which("python3.10")]
+    for exe in filter(None, candidates):
+        probe = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
+        if probe.returncode == 0 and probe.stdout.strip() == "(3, 10)":
+            return exe
+    return None
+
+
+@pytest.mark.skipif(_python310() is None, reason="no Python 3.10 here (JetPack 6's python3)")
+def test_under_jetpack_python_310_it_says_which_python_to_use(tmp_path: Path) -> None:
+    result = subprocess.run([_python310(), str(Path(jetpack.__file__)), "--root", str(tmp_path)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "needs Python >= 3.11" in result.stderr and "python3.11" in result.stderr
