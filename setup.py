@@ -6,7 +6,9 @@ setup(
     name="neopain",
     version="0.1.0",
     description="Bedside appliance estimating newborn pain (NIPS) from face video, cry audio and vitals",
-    python_requires=">=3.11",
+    # 3.10 is JetPack 6's python3 (Ubuntu 22.04): the device's venv is built on it with system site-packages so
+    # that NVIDIA's cp310 TensorRT bindings (python3-libnvinfer) and Jetson torch wheels are usable (image/README.md).
+    python_requires=">=3.10",
     packages=find_packages(include=["appliance", "appliance.*", "calibration", "calibration.*", "models", "models.*"]),
     install_requires=[
         # The CPU wheel is installed first by ./run (pip install torch==2.13.0); any torch >= 2.3 works.
@@ -25,11 +27,15 @@ setup(
         "onnxscript>=0.1",
         "tqdm>=4.66",
         "matplotlib>=3.8",
+        # tomllib is standard only from 3.11; tomli is the same parser (tomllib was taken from it).
+        "tomli>=2; python_version<'3.11'",
     ],
     extras_require={
         # GPU-only: installed on the Jetson / GPU box, never needed by the CPU install or the tests.
         "jetson": ["tensorrt>=10", "pycuda>=2024.1"],
-        "test": ["pytest>=8", "hypothesis>=6.100", "pingouin>=0.5", "jsonschema>=4.18", "fhir.resources>=8"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "pingouin>=0.5", "jsonschema>=4.18", "fhir.resources>=8",
+                 # tests/test_python_compat.py: the code must stay 3.10-compatible (JetPack 6).
+                 "vermin>=1.6"],
     },
     entry_points={"console_scripts": ["neopain=appliance.cli:main"]},
 )

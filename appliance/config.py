@@ -22,12 +22,16 @@ import os
 import re
 import stat
 import sys
-import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: JetPack 6's python3 (the device's venv); tomli is the library tomllib was made from
+    import tomli as tomllib
 
 #: Where systemd (``ConfigurationDirectory=neopain``) and the CLI look by default.
 DEFAULT_CONFIG_PATH = Path("/etc/neopain/appliance.toml")

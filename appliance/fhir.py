@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from appliance import messages
+from appliance.isotime import parse_iso8601
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def score_to_observation(
 
 
 def _parse_instant(text: str) -> datetime:
-    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return parse_iso8601(text)
 
 
 # ------------------------------------------------------------------------------------------ validation

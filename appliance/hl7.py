@@ -28,6 +28,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from appliance import messages
+from appliance.isotime import parse_iso8601
 
 FIELD_SEP = "|"
 ENCODING_CHARS = "^~\\&"  # component, repetition, escape, subcomponent
@@ -77,7 +78,7 @@ def hl7_timestamp(value: str | datetime) -> str:
     """HL7 DTM ``YYYYMMDDHHMMSS.SSS+0000`` from an ISO 8601 string with zone or an aware datetime (in UTC)."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            value = parse_iso8601(value)
         except ValueError as exc:
             raise ValueError(f"timestamp: not ISO 8601: {value!r}") from exc
     if value.tzinfo is None:

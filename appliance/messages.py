@@ -22,6 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Iterable, Mapping
 
 from appliance import clock
+from appliance.isotime import parse_iso8601
 
 SCHEMA_VERSION = 1
 NIPS_MAX = 7
@@ -325,7 +326,7 @@ def _parse_utc(name: str, value: Any) -> datetime:
     if not isinstance(value, str) or len(value) > 40:
         raise CommandError("malformed", f"{name}: expected an ISO 8601 UTC time string, got {value!r:.60}")
     try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        when = parse_iso8601(value)
     except ValueError:
         raise CommandError("malformed", f"{name}: not an ISO 8601 time: {value!r}") from None
     if when.tzinfo is None:

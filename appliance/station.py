@@ -38,6 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance import fhir, hl7, messages
+from appliance.isotime import parse_iso8601
 from appliance.publish import read_password
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,7 @@ def _parse_utc(value: Any, name: str) -> datetime:
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected an ISO 8601 UTC string, got {value!r}")
     try:
-        t = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        t = parse_iso8601(value)
     except ValueError as exc:
         raise ValueError(f"{name}: not ISO 8601: {value!r}") from exc
     if t.tzinfo is None:

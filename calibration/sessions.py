@@ -31,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
+from appliance.isotime import parse_iso8601
 from calibration.fit import Pair
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def parse_time(value: Any, *, name: str = "at") -> float:
         except ValueError:
             pass
         try:
-            dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            dt = parse_iso8601(value)
         except ValueError:
             raise SessionError(f"{name}: {value!r} is not ISO 8601 (e.g. 2024-05-01T10:00:00Z)") from None
         return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).timestamp()

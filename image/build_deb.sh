@@ -3,8 +3,9 @@
 #
 #   --out DIR          where the .deb goes (default: dist/)
 #   --arch ARCH        Debian architecture (default: arm64, the Jetson; the neopain wheel is pure Python)
-#   --wheelhouse DIR   dependency wheels for the device (aarch64, cp311), bundled into /opt/neopain/wheels;
-#                      without it the device's system Python must already provide the dependencies
+#   --wheelhouse DIR   dependency wheels for the device (cp310 aarch64: JetPack 6's python3), bundled into
+#                      /opt/neopain/wheels (a wheel of another Python or machine is refused); without it
+#                      the device's system Python must already provide the dependencies
 #   --model-dir DIR    exported models to ship in /opt/neopain/models (default: none, folder left empty)
 #   --python PY        Python used to build the wheel (default: .venv/bin/python, else python3)
 #
@@ -28,7 +29,7 @@ while [ $# -gt 0 ]; do
         --wheelhouse) WHEELHOUSE=${2:?--wheelhouse needs a folder}; shift 2 ;;
         --model-dir) MODEL_DIR=${2:?--model-dir needs a folder}; shift 2 ;;
         --python) PYTHON=${2:?--python needs an interpreter}; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
         *) die "unknown argument: $1 (see --help)" ;;
     esac
 done

@@ -36,8 +36,18 @@ CONFFILES = ("/etc/neopain/appliance.toml",)
 MAINTAINER_SCRIPTS = ("postinst", "prerm", "postrm")
 # Only what the device needs at run time: the interpreter and venv module the postinst uses, the C
 # libraries behind pyalsaaudio and systemd-python, adduser for the system user, systemd and udev for the
-# units and rules. jammy's python3 is 3.10, hence python3.11 by name rather than python3 (>= 3.11).
-DEPENDS = ("python3.11", "python3.11-venv", "libasound2", "libsystemd0", "adduser", "systemd", "udev")
+# units and rules. The platform's python3 (JetPack 6 / jammy: 3.10), not a second interpreter: NVIDIA's
+# TensorRT bindings (python3-libnvinfer) and Jetson torch wheels exist for it only. python3-tomli lets that
+# python3 run image/jetpack.py outside the venv (tomllib is standard only from 3.11).
+DEPENDS = ("python3 (>= 3.10)", "python3-venv", "python3-tomli", "libasound2", "libsystemd0", "adduser", "systemd",
+           "udev")
+# Installed by apt unless declined: without the TensorRT bindings the daemon runs on ONNX Runtime.
+RECOMMENDS = ("python3-libnvinfer",)
+#: The interpreter the venv is built with and the CPython tag its wheels must fit (see jetpack.toml [python]).
+PYTHON = "python3"
+PYTHON_TAG = "cp310"
+#: Debian architecture -> the wheel platform tag it runs (besides pure-Python "any").
+WHEEL_PLATFORMS = {"arm64": "aarch64", "amd64": "x86_64"}
 DESCRIPTION = """Bedside newborn pain estimation (NIPS) appliance
  Estimates a newborn's pain continuously from face video, cry audio and the
  patient monitor's vitals, and publishes calibrated NIPS scores over MQTT.
@@ -68,7 +78,29 @@ def render_control(version: str, arch: str, installed_size_kib: int) -> str:
     return (f"Package: {PACKAGE}\nVersion: {version}\nArchitecture: {arch}\n"
             f"Maintainer: neopain appliance team <neopain@localhost>\nSection: misc\nPriority: optional\n"
             f"Installed-Size: {installed_size_kib}\nDepends: {', '.join(DEPENDS)}\n"
+            f"Recommends: {', '.join(RECOMMENDS)}\n"
             f"Description: {DESCRIPTION}\n")
+
+
+def check_wheel(name: str, arch: str, python_tag: str = PYTHON_TAG) -> None:
+    """Refuse a wheel the device's interpreter cannot install (PEP 427 file name tags).
+
+    Why here: a cp311 or x86_64 wheel in the wheelhouse builds a fine .deb, and only the device's postinst
+    fails (``pip install --no-index``), after flashing. Accepted: ``py3``/``py3X``/``cp310`` with ``none`` or
+    ``abi3`` (``cp3X-abi3`` for X <= 10), on ``any`` or a ``manylinux``/``linux`` tag of ``arch``'s machine."""
+    parts = name[:-len(".whl")].split("-") if name.endswith(".whl") else []
+    if len(parts) not in (5, 6):
+        raise PackagingError(f"not a wheel file name (name-version-python-abi-platform.whl): {name}")
+    pythons, abis, platforms = (set(tag.split(".")) for tag in parts[-3:])
+    minor = int(python_tag[3:])
+    abi3_ok = {f"cp3{m}" for m in range(2, minor + 1)}
+    if not (pythons & {"py3", f"py3{minor}", python_tag} and abis & {"none", python_tag}
+            or pythons & abi3_ok and "abi3" in abis):
+        raise PackagingError(f"{name}: python/abi tags {parts[-3]}-{parts[-2]} do not install on the device's "
+                             f"{python_tag} (JetPack 6's python3; see image/jetpack.toml [python])")
+    machine = WHEEL_PLATFORMS.get(arch)
+    if "any" not in platforms and not (machine and any(p.endswith(machine) for p in platforms)):
+        raise PackagingError(f"{name}: platform tag {parts[-1]} is not for {arch} ({machine or 'unknown machine'})")
 
 
 def _install(src: Path, dst: Path, mode: int) -> None:
@@ -86,13 +118,15 @@ def _installed_size_kib(tree: Path) -> int:
 
 
 def stage(tree: Path, wheels: list[Path], *, arch: str, model_dir: Path | None = None,
-          python: str = "python3.11", repo: Path = REPO) -> str:
+          python: str = PYTHON, repo: Path = REPO) -> str:
     """Write the package tree under ``tree`` (must not exist); returns the version packaged."""
     version = project_version(repo / "setup.py")
     if tree.exists():
         raise PackagingError(f"staging folder already exists: {tree}")
     if not any(w.name.startswith(f"{PACKAGE}-{version}-") and w.suffix == ".whl" for w in wheels):
         raise PackagingError(f"no {PACKAGE}-{version}-*.whl among the wheels: {[w.name for w in wheels]}")
+    for wheel in wheels:
+        check_wheel(wheel.name, arch)
     opt = tree / PREFIX
     for wheel in wheels:
         _install(wheel, opt / "wheels" / wheel.name, 0o644)
@@ -158,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     p_stage.add_argument("--wheel", type=Path, action="append", default=[], required=True)
     p_stage.add_argument("--arch", required=True)
     p_stage.add_argument("--model-dir", type=Path)
-    p_stage.add_argument("--python", default="python3.11")
+    p_stage.add_argument("--python", default=PYTHON)
     args = parser.parse_args(argv)
     try:
         if args.cmd == "version":

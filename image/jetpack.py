@@ -1,18 +1,20 @@
-#!/usr/bin/env python3.11
+#!/usr/bin/env python3
 """Compare a device against the pinned JetPack/L4T manifest (``jetpack.toml``).
 
 Why: TensorRT engines and the ONNX parity checks are only valid for the TensorRT/CUDA/L4T release they were
 made with. A device that was re-flashed or ``apt upgrade``d onto another release still boots and still runs,
 so the mismatch has to be *reported*, not discovered as a subtle accuracy change. This file runs on the
-device as a plain script (standard library only, Python >= 3.11 for ``tomllib``)::
+device as a plain script with the platform's ``python3`` (JetPack 6: Ubuntu 22.04's Python 3.10, the same
+interpreter the appliance's venv is built on)::
 
-    python3.11 /opt/neopain/image/jetpack.py [--manifest FILE] [--root /]
+    python3 /opt/neopain/image/jetpack.py [--manifest FILE] [--root /]
 
-Not ``python3``: on JetPack 6 that is Ubuntu 22.04's Python 3.10, which has no ``tomllib``; the image installs
-python3.11 for the appliance's venv (see ``jetpack.toml`` [python]), and the shebang names it.
+Standard library only, plus ``tomli`` below Python 3.11 (``tomllib`` is standard from 3.11): the .deb depends
+on ``python3-tomli`` and the venv (``/opt/neopain/venv/bin/python``) has it too.
 
-Exit status: 0 everything matches, 1 a mismatch (each one listed), 2 the manifest is unreadable,
-3 not a Jetson (no ``/etc/nv_tegra_release``), said plainly rather than reported as mismatches.
+Exit status: 0 everything matches, 1 a mismatch (each one listed), 2 the manifest is unreadable (or there
+is no TOML parser), 3 not a Jetson (no ``/etc/nv_tegra_release``), said plainly rather than reported as
+mismatches.
 """
 
 from __future__ import annotations
@@ -21,11 +23,18 @@ import argparse
 import re
 import sys
 
-try:
+EXIT_OK, EXIT_MISMATCH, EXIT_BAD_MANIFEST, EXIT_NOT_JETSON = 0, 1, 2, 3
+
+if sys.version_info >= (3, 11):
     import tomllib
-except ModuleNotFoundError:  # Python 3.10 (JetPack 6's python3): say what to run instead of a traceback
-    sys.exit(f"jetpack.py needs Python >= 3.11 (tomllib); this is {sys.version.split()[0]}: run it with python3.11 "
-             f"or /opt/neopain/venv/bin/python")
+else:  # Python 3.10 (JetPack 6's python3): tomli is the library tomllib was made from
+    try:
+        import tomli as tomllib
+    except ModuleNotFoundError:  # say what to do instead of a traceback
+        print(f"error: jetpack.py on Python {sys.version.split()[0]} needs tomli to read the manifest "
+              f"(apt-get install python3-tomli, or run it with /opt/neopain/venv/bin/python)", file=sys.stderr)
+        sys.exit(EXIT_BAD_MANIFEST)
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +43,6 @@ TEGRA_RELEASE = Path("etc/nv_tegra_release")
 DPKG_STATUS = Path("var/lib/dpkg/status")
 
 _RELEASE_RE = re.compile(r"^#\s*(R\d+)\s*\(release\),\s*REVISION:\s*([0-9.]+)")
-
-EXIT_OK, EXIT_MISMATCH, EXIT_BAD_MANIFEST, EXIT_NOT_JETSON = 0, 1, 2, 3
 
 #: NVIDIA's published JetPack -> Jetson Linux (L4T) pairs for JetPack 6 (sources in jetpack.toml). A manifest
 #: whose two versions disagree is refused: bumping one and forgetting the other would pin a release that

@@ -65,7 +65,10 @@ def test_name_version_and_arch_come_from_setup_py(deb: Path) -> None:
     assert field(deb, "Package") == "neopain" and field(deb, "Version") == version
     assert deb.name == f"neopain_{version}_{field(deb, 'Architecture')}.deb"
     depends = {d.strip() for d in field(deb, "Depends").split(",")}
-    assert {"libasound2", "libsystemd0", "python3.11-venv", "adduser"} <= depends
+    # The platform's python3 (JetPack 6: 3.10), the one NVIDIA's TensorRT bindings are built for.
+    assert {"python3 (>= 3.10)", "python3-venv", "python3-tomli", "libasound2", "libsystemd0", "adduser"} <= depends
+    assert not {d for d in depends if re.match(r"python3\.\d+", d)}, "no second interpreter (see image/README.md)"
+    assert field(deb, "Recommends") == "python3-libnvinfer"
     assert not {d for d in depends if d.startswith(("mosquitto", "python3-dev", "libasound2-dev"))}
 
 
@@ -108,6 +111,43 @@ def test_control_files(control_dir: Path) -> None:
     postinst = (control_dir / "postinst").read_text()
     assert "adduser --system" in postinst and re.search(r"for group in video audio dialout", postinst)
     assert f'VERSION="{debian.project_version(REPO / "setup.py")}"' in postinst and '"neopain==$VERSION"' in postinst
+    # The venv: the platform's python3, with JetPack's apt packages (python3-libnvinfer) visible in it.
+    assert 'PYTHON="python3"\n' in postinst
+    assert re.search(r'"\$PYTHON" -m venv --system-site-packages "\$PREFIX/venv"', postinst)
+    assert 'import tensorrt' in postinst
+
+
+@pytest.mark.parametrize("name", [
+    "neopain-0.1.0-py3-none-any.whl",
+    "torch-2.5.0a0+872d972e41.nv24.08-cp310-cp310-linux_aarch64.whl",  # NVIDIA's JetPack 6 torch wheel
+    "numpy-2.2.6-cp310-cp310-manylinux_2_17_aarch64.manylinux2014_aarch64.whl",
+    "cryptography-44.0.0-cp39-abi3-manylinux_2_28_aarch64.whl",
+    "six-1.17.0-py2.py3-none-any.whl",
+])
+def test_wheels_for_the_device_python_are_accepted(name: str) -> None:
+    debian.check_wheel(name, "arm64")
+
+
+@pytest.mark.parametrize("name, why", [
+    ("torch-2.5.0-cp311-cp311-linux_aarch64.whl", "do not install on the device's cp310"),
+    ("foo-1.0-cp312-abi3-manylinux_2_28_aarch64.whl", "do not install on the device's cp310"),
+    ("numpy-2.2.6-cp310-cp310-manylinux_2_17_x86_64.whl", "is not for arm64"),
+    ("wheelhouse-README.whl", "not a wheel file name"),
+])
+def test_wheels_the_device_cannot_install_are_refused(name: str, why: str) -> None:
+    with pytest.raises(debian.PackagingError, match=why):
+        debian.check_wheel(name, "arm64")
+
+
+def test_build_refuses_a_cp311_wheelhouse(tmp_path: Path) -> None:
+    """A wheelhouse prepared for the wrong Python fails the build, not the device's postinst after flashing."""
+    house = tmp_path / "wheelhouse"
+    house.mkdir()
+    (house / "torch-2.5.0-cp311-cp311-linux_aarch64.whl").write_bytes(b"PK\x05\x06" + bytes(18))
+    out = tmp_path / "out"
+    result = run("bash", str(IMAGE / "build_deb.sh"), "--out", str(out), "--wheelhouse", str(house))
+    assert result.returncode == 2 and "cp311-cp311 do not install on the device's cp310" in result.stderr
+    assert not out.exists() or list(out.iterdir()) == []
 
 
 def test_maintainer_scripts_pass_bash_n(control_dir: Path) -> None:

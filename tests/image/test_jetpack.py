@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from image import jetpack
+from tests.test_python_compat import python310
 
 TEGRA_R36_4_3 = "# R36 (release), REVISION: 4.3, GCID: 38968081, BOARD: generic, EABI: aarch64, DATE: Wed Jan  8 2025\n"
 
@@ -38,7 +39,7 @@ def test_manifest_pins_l4t_cuda_tensorrt_and_python() -> None:
     assert {"nvidia-l4t-core", "libnvinfer10"} <= names
     assert any(n.startswith("cuda-cudart") for n in names) and any(n.startswith("libcudnn") for n in names)
     assert manifest.packages["nvidia-l4t-core"] == f"{manifest.l4t_release[1:]}.{manifest.l4t_revision}"
-    assert tuple(map(int, manifest.python_minimum.split("."))) >= (3, 11)
+    assert manifest.python_minimum == "3.10" and manifest.packages["python3"] == "3.10"
 
 
 def test_a_device_on_the_pinned_release_passes(tmp_path: Path) -> None:
@@ -66,7 +67,7 @@ def test_other_l4t_and_tensorrt_are_each_reported(tmp_path: Path) -> None:
                                            ("1:10.3.0-1", True), ("10.30.1-1", False), ("10.2.9-1", False)])
 def test_prefix_match_is_on_version_components(tmp_path: Path, installed: str, ok: bool) -> None:
     """A 10.3 pin accepts 10.3.x builds (with epoch or suffix) but not 10.30."""
-    manifest = jetpack.Manifest("6.2", "R36", "4.3", {"libnvinfer10": "10.3"}, "3.11")
+    manifest = jetpack.Manifest("6.2", "R36", "4.3", {"libnvinfer10": "10.3"}, "3.10")
     root = fake_device(tmp_path, TEGRA_R36_4_3, {"libnvinfer10": installed})
     assert jetpack.check(manifest, root).ok is ok
 
@@ -88,7 +89,7 @@ def test_cli_lists_mismatches_with_exit_1(tmp_path: Path) -> None:
 
 def test_bad_manifest_names_the_key(tmp_path: Path) -> None:
     bad = tmp_path / "jetpack.toml"
-    bad.write_text('[jetpack]\nversion = "6.2"\n[l4t]\nrelease = "R36"\n[packages]\n[python]\nminimum = "3.11"\n')
+    bad.write_text('[jetpack]\nversion = "6.2"\n[l4t]\nrelease = "R36"\n[packages]\n[python]\nminimum = "3.10"\n')
     with pytest.raises(jetpack.ManifestError, match="l4t.revision"):
         jetpack.load_manifest(bad)
 
@@ -109,37 +110,29 @@ def test_manifest_l4t_must_be_the_jetpack_release(tmp_path: Path) -> None:
         jetpack.load_manifest(bad)
 
 
-def test_python_pins_cover_the_gap_to_jetpack_python() -> None:
-    """JetPack 6's own python3 (3.10) is older than the appliance needs, so the venv's interpreter must be
-    another one, pinned as a package in the image, and equal to setup.py's python_requires."""
+def test_python_is_the_platforms_own() -> None:
+    """The venv's interpreter is JetPack 6's python3 (3.10, what NVIDIA's TensorRT bindings and Jetson torch
+    wheels are built for), pinned in the manifest, and equal to setup.py's python_requires and the .deb's
+    Depends."""
     import re
-    import tomllib
 
-    data = tomllib.loads(Path(jetpack.__file__).with_name("jetpack.toml").read_text())
+    from image import debian
+
+    data = jetpack.tomllib.loads(Path(jetpack.__file__).with_name("jetpack.toml").read_text())
     py = data["python"]
-    version = lambda v: tuple(int(x) for x in v.split("."))  # noqa: E731
-    assert version(py["system"]) < version(py["minimum"])
-    assert py["interpreter"] == f"python{py['minimum']}" and data["packages"][py["interpreter"]] == py["minimum"]
+    assert py["interpreter"] == "python3" == debian.PYTHON
+    assert py["minimum"] == py["system"] == data["packages"]["python3"] == data["packages"]["python3-venv"]
+    assert py["wheel_tag"].startswith(debian.PYTHON_TAG + "-") and debian.PYTHON_TAG == "cp" + py["system"].replace(".", "")
+    assert data["packages"]["python3-libnvinfer"] == data["packages"]["libnvinfer10"]  # bindings of that TensorRT
+    assert f"python3 (>= {py['minimum']})" in debian.DEPENDS
     setup = (Path(jetpack.__file__).parents[1] / "setup.py").read_text()
     assert re.search(r'python_requires\s*=\s*">=\s*([0-9.]+)"', setup).group(1) == py["minimum"]
 
 
-def _python310() -> str | None:
-    """A working Python 3.10 (what JetPack 6 runs as python3), if this machine has one."""
-    import glob
-    import shutil
-
-    candidates = [*sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.10*/bin/python3.10"))), shutil.which("python3.10")]
-    for exe in filter(None, candidates):
-        probe = subprocess.run([exe, "-c", "import sys; print(sys.version_info[:2])"], capture_output=True, text=True)
-        if probe.returncode == 0 and probe.stdout.strip() == "(3, 10)":
-            return exe
-    return None
-
-
-@pytest.mark.skipif(_python310() is None, reason="no Python 3.10 here (JetPack 6's python3)")
-def test_under_jetpack_python_310_it_says_which_python_to_use(tmp_path: Path) -> None:
-    result = subprocess.run([_python310(), str(Path(jetpack.__file__)), "--root", str(tmp_path)],
+@pytest.mark.skipif(python310() is None, reason="no Python 3.10 here (JetPack 6's python3)")
+def test_under_python_310_without_tomli_it_says_what_to_install(tmp_path: Path) -> None:
+    """-S: no site-packages, so no tomli: the plain python3 of a device without python3-tomli."""
+    result = subprocess.run([python310(), "-S", str(Path(jetpack.__file__)), "--root", str(tmp_path)],
                             capture_output=True, text=True, timeout=30)
-    assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert "needs Python >= 3.11" in result.stderr and "python3.11" in result.stderr
+    assert result.returncode == jetpack.EXIT_BAD_MANIFEST and "Traceback" not in result.stderr
+    assert "needs tomli" in result.stderr and "python3-tomli" in result.stderr
