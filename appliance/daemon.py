@@ -46,6 +46,7 @@ EXIT_ENGINES = 3
 #: How long start-up waits for the enabled sources to open before declaring READY anyway (degraded).
 SOURCE_OPEN_TIMEOUT_S = 15.0
 STATUS_INTERVAL_S = 5.0
+SOURCE_CHECK_S = 1.0  # how often a source going down / coming back is looked for (and journalled)
 
 
 # ------------------------------------------------------------------------------------------------- sources
@@ -125,7 +126,8 @@ class Sources:
             log.exception("monitor sink failed")
 
     def up(self) -> dict[str, bool]:
-        """Enabled source -> open/connected now."""
+        """Enabled source -> open and delivering now (a monitor whose port is open but that sends nothing
+        usable, e.g. garbage on the line, is down: nothing stale or invented is shown as current)."""
         out: dict[str, bool] = {}
         if self.camera is not None:
             h = self.camera.health()
@@ -134,8 +136,23 @@ class Sources:
             h = self.microphone.health()
             out["microphone"] = bool(h.open and h.last_period_age_s is not None and h.last_period_age_s < 5.0)
         if self.monitor is not None:
-            out["monitor"] = bool(self.monitor.health().connected)
+            h = self.monitor.health()
+            last = h.last_sample_mono_ns
+            out["monitor"] = bool(h.connected and last is not None and time.monotonic_ns() - last < 5_000_000_000)
         return out
+
+    def why_down(self, name: str) -> str:
+        """One line for the journal: why source ``name`` is not delivering (its last error, rejects)."""
+        source = getattr(self, name, None)
+        if source is None:
+            return "not enabled"
+        h = source.health()
+        parts = [f"last error: {h.last_error}" if getattr(h, "last_error", None) else "no data for 5 s"]
+        if name == "monitor":
+            parts.insert(0, "port open" if h.connected else "port closed")
+            if h.rejects:
+                parts.append("rejected " + ", ".join(f"{k} x{v}" for k, v in sorted(h.rejects.items())))
+        return "; ".join(parts)
 
     def opened(self) -> dict[str, bool]:
         """Enabled source -> has opened (not yet necessarily delivering): what READY waits for."""
@@ -321,9 +338,28 @@ class Daemon:
                       + (f"; waiting for {', '.join(missing)}" if missing else ""))
         log.info("ready: model %s on %s, calibration %s, sources %s", self.engines.model_version,
                  self.engines.backend, self.calibration.current.version, self.sources.opened())
-        while not self.stop_requested.wait(STATUS_INTERVAL_S):
-            service.set_status(self.status_text())
+        was_up = self.sources.up()
+        next_status = time.monotonic() + STATUS_INTERVAL_S
+        while not self.stop_requested.wait(SOURCE_CHECK_S):
+            was_up = self._log_source_changes(was_up)
+            if time.monotonic() >= next_status:
+                service.set_status(self.status_text())
+                next_status += STATUS_INTERVAL_S
         return EXIT_OK
+
+    def _log_source_changes(self, was_up: dict[str, bool]) -> dict[str, bool]:
+        """Journal a line when a source goes down or comes back (health says it too, at once)."""
+        assert self.sources is not None
+        now_up = self.sources.up()
+        for name, ok in now_up.items():
+            if ok == was_up.get(name):
+                continue
+            if ok:
+                log.info("source %s up", name)
+            else:
+                log.warning("source %s down: %s", name, self.sources.why_down(name))
+            self.publisher.request_health()
+        return now_up
 
     def _open_engines(self) -> tuple[Any, Any]:
         from models.configs import get_config

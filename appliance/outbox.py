@@ -8,8 +8,11 @@ connection — in this process or the next one.
 Two things must not grow without limit or lie: the outbox is bounded (``max_rows``; on overflow the *oldest*
 rows are dropped, since a fresh score is worth more than an old one, and every drop is counted durably), and
 each row carries an expiry: a row older than its expiry is dropped (counted) rather than delivered late
-looking current. Ages use wall-clock time because rows outlive the process (monotonic clocks restart with
-the machine); a wall clock stepped backwards makes a row look younger, never negative.
+looking current. Ages use the monotonic clock while the machine has not rebooted since the row was written
+(the row keeps its monotonic stamp and the kernel's boot id), so an NTP step of the wall clock neither
+expires queued scores (a +1 h step used to drop every row waiting through a broker outage) nor keeps stale
+ones alive; only rows from an earlier boot fall back to wall-clock age (a wall clock stepped backwards makes
+such a row look younger, never negative).
 
 The per-device message sequence counter lives here too, in the same durable file, so sequence numbers keep
 increasing across restarts (gaps are possible after a crash; repeats are not).
@@ -31,11 +34,22 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB NOT NULL,
     message_id TEXT NOT NULL,
     created_wall_ns INTEGER NOT NULL,
-    expiry_s REAL                            -- NULL: never expires
+    expiry_s REAL,                           -- NULL: never expires
+    created_mono_ns INTEGER,                 -- time.monotonic_ns() at insert; NULL: unknown (use wall age)
+    boot_id TEXT                             -- the kernel boot the monotonic stamp belongs to
 );
 CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 _COUNTERS = ("dropped_overflow", "dropped_expired", "next_sequence")
+_BOOT_ID_FILE = "/proc/sys/kernel/random/boot_id"
+
+
+def _boot_id() -> str | None:
+    """This boot's id (monotonic stamps are only comparable within one boot); None where there is none."""
+    try:
+        return Path(_BOOT_ID_FILE).read_text(encoding="ascii").strip() or None
+    except OSError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -68,6 +82,7 @@ class Outbox:
         self.path = Path(path)
         self.max_rows = max_rows
         self._lock = threading.Lock()
+        self._boot_id = _boot_id()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: explicit BEGIN IMMEDIATE/COMMIT, so each put is one durable transaction.
@@ -77,6 +92,10 @@ class Outbox:
                 raise sqlite3.OperationalError(f"journal_mode WAL refused (got {mode})")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+            for column, kind in (("created_mono_ns", "INTEGER"), ("boot_id", "TEXT")):
+                if column not in columns:  # a file written before monotonic ages: rows keep wall-clock age
+                    self._db.execute(f"ALTER TABLE outbox ADD COLUMN {column} {kind}")
             for name in _COUNTERS:
                 self._db.execute("INSERT OR IGNORE INTO counters(name, value) VALUES (?, 0)", (name,))
         except (sqlite3.Error, OSError) as exc:
@@ -130,9 +149,12 @@ class Outbox:
                 now_wall_ns: int | None) -> int:
         """INSERT plus drop-oldest over the bound; the caller holds the lock and the transaction."""
         created = time.time_ns() if now_wall_ns is None else now_wall_ns
+        # An explicit wall time (tests, imports) has no monotonic counterpart: that row ages by the wall clock.
+        mono = time.monotonic_ns() if now_wall_ns is None and self._boot_id else None
         cur = self._db.execute(
-            "INSERT INTO outbox(topic, payload, message_id, created_wall_ns, expiry_s) VALUES (?, ?, ?, ?, ?)",
-            (topic, sqlite3.Binary(payload), message_id, created, expiry_s),
+            "INSERT INTO outbox(topic, payload, message_id, created_wall_ns, expiry_s, created_mono_ns, boot_id) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (topic, sqlite3.Binary(payload), message_id, created, expiry_s, mono, self._boot_id if mono else None),
         )
         row_id = int(cur.lastrowid or 0)
         depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
@@ -158,18 +180,18 @@ class Outbox:
         with self._lock:
             while len(out) < limit:
                 rows = self._db.execute(
-                    "SELECT id, topic, payload, message_id, created_wall_ns, expiry_s FROM outbox "
-                    "WHERE id > ? ORDER BY id LIMIT ?",
+                    "SELECT id, topic, payload, message_id, created_wall_ns, expiry_s, created_mono_ns, boot_id "
+                    "FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
                     (after_id, limit - len(out)),
                 ).fetchall()
                 if not rows:
                     break
                 expired: list[int] = []
-                for row_id, topic, payload, message_id, created, expiry in rows:
+                for row_id, topic, payload, message_id, created, expiry, mono, boot in rows:
                     after_id = row_id
                     remaining = None
                     if expiry is not None:
-                        remaining = expiry - max(0, now - created) / 1e9
+                        remaining = expiry - self._age_s(created, mono, boot, now)
                         if remaining <= 0:
                             expired.append(row_id)
                             continue
@@ -187,8 +209,10 @@ class Outbox:
     def stats(self) -> OutboxStats:
         """Depth, durable drop counters (since the file was created) and age of the oldest row."""
         with self._lock:
-            depth, oldest = self._db.execute("SELECT COUNT(*), MIN(created_wall_ns) FROM outbox").fetchone()
-            age = None if oldest is None else max(0, time.time_ns() - oldest) / 1e9
+            depth = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+            oldest = self._db.execute(
+                "SELECT created_wall_ns, created_mono_ns, boot_id FROM outbox ORDER BY id LIMIT 1").fetchone()
+            age = None if oldest is None else self._age_s(*oldest, time.time_ns())
             return OutboxStats(int(depth), self._counter("dropped_overflow"), self._counter("dropped_expired"), age)
 
     def close(self) -> None:
@@ -202,6 +226,12 @@ class Outbox:
         self.close()
 
     # ---------------------------------------------------------------------------------------- internals
+    def _age_s(self, created_wall_ns: int, created_mono_ns: int | None, boot_id: str | None, now_wall_ns: int) -> float:
+        """A row's age: monotonic when it was written in this boot, else wall clock (never negative)."""
+        if created_mono_ns is not None and boot_id is not None and boot_id == self._boot_id:
+            return max(0, time.monotonic_ns() - created_mono_ns) / 1e9
+        return max(0, now_wall_ns - created_wall_ns) / 1e9
+
     def _counter(self, name: str) -> int:
         return int(self._db.execute("SELECT value FROM counters WHERE name = ?", (name,)).fetchone()[0])
 

@@ -44,8 +44,18 @@ def render(rows: list[ResultRow], preamble: str = "") -> str:
             out.append("| " + " | ".join(_cell(v) for v in (
                 r.name, r.expected, r.observed, r.produced, r.delivered, r.lost,
                 "pass" if r.passed else "**FAIL**")) + " |")
-        out.append("")
+        out += ["", _totals(chosen), ""]
     return "\n".join(out)
+
+
+def _totals(rows: list[ResultRow]) -> str:
+    """One line under a table: passes, and scores produced / delivered / lost over the rows that count them."""
+    counted = [r for r in rows if r.produced is not None]
+    text = f"{sum(r.passed for r in rows)}/{len(rows)} passed"
+    if counted:
+        text += (f"; scores produced {sum(r.produced or 0 for r in counted)}, delivered "
+                 f"{sum(r.delivered or 0 for r in counted)}, lost {sum(r.lost or 0 for r in counted)}")
+    return f"**Total:** {text}."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 Sink = Callable[[VitalSample | WaveChunk | RRIntervals], None]
 DEFAULT_BAUD = {"masimo": 9600, "intellivue": 115200, "auto": 115200}
+#: Rejected input is journalled at once, then at most once per this many seconds (a monitor speaking
+#: garbage for an hour must say so without writing a line per byte).
+REJECT_LOG_INTERVAL_S = 30.0
 ECG_LABEL = "ECG_II"
 
 
@@ -75,6 +78,8 @@ class MonitorReader:
         self._thread: threading.Thread | None = None
         self._serial: serial.Serial | None = None
         self._rpeaks: StreamingRPeakDetector | None = None
+        self._reject_logged_at: float | None = None
+        self._rejects_unlogged = 0
 
     # --- public ------------------------------------------------------------------------------
     def start(self) -> MonitorReader:
@@ -166,6 +171,12 @@ class MonitorReader:
     def _reject(self, rejection: Rejection) -> None:
         self.rejects.add(rejection)
         log.debug("monitor %s rejected: %s %s", self.port, rejection.reason, rejection.detail)
+        self._rejects_unlogged += 1
+        now = time.monotonic()
+        if self._reject_logged_at is None or now - self._reject_logged_at >= REJECT_LOG_INTERVAL_S:
+            log.warning("monitor %s: rejecting input (%d since the last report; latest: %s %s)", self.port,
+                        self._rejects_unlogged, rejection.reason, str(rejection.detail)[:120])
+            self._reject_logged_at, self._rejects_unlogged = now, 0
 
     def _emit(self, item: VitalSample | WaveChunk | RRIntervals) -> None:
         with self._lock:
