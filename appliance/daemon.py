@@ -183,6 +183,16 @@ class Sources:
 
 
 # ------------------------------------------------------------------------------------------------- publisher
+def window_config(config: Config) -> Any:
+    """The window builder's freshness limits from ``[scoring] max_age_*`` (one mapping for the daemon and for
+    ``calibrate capture-int8``, so INT8 calibration windows are cut exactly as scored ones)."""
+    from appliance.windows import WindowConfig
+
+    s = config.scoring
+    return WindowConfig(video_max_age_s=s.max_age_video_s, audio_max_age_s=s.max_age_audio_s,
+                        vitals_max_age_s=s.max_age_vitals_s, rr_max_age_s=s.max_age_vitals_s)
+
+
 def _credential_or_file(config: Config, credential: str, file_value: str) -> Path | None:
     directory = os.environ.get("CREDENTIALS_DIRECTORY")
     if directory and (Path(directory) / credential).exists():
@@ -320,11 +330,9 @@ class Daemon:
                         ", ".join(missing))
 
         from appliance.pipeline import PipelineConfig, ScoringPipeline
-        from appliance.windows import WindowBuilder, WindowConfig
+        from appliance.windows import WindowBuilder
 
-        s = cfg.scoring
-        window_cfg = WindowConfig(video_max_age_s=s.max_age_video_s, audio_max_age_s=s.max_age_audio_s,
-                                  vitals_max_age_s=s.max_age_vitals_s, rr_max_age_s=s.max_age_vitals_s)
+        window_cfg = window_config(cfg)
         raw_dir = Path(cfg.outbox.path).parent / "raw-media" if cfg.debug.save_raw_media else None
         self._start_calibration_recorder(cfg)
         self.pipeline = ScoringPipeline(

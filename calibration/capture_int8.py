@@ -48,15 +48,6 @@ def default_out_dir(config: Config) -> Path:
     return Path(config.outbox.path).parent / CALIBRATION_DIR_NAME
 
 
-def window_config(config: Config) -> Any:
-    """The daemon's window geometry and freshness limits (``[scoring] max_age_*``)."""
-    from appliance.windows import WindowConfig
-
-    s = config.scoring
-    return WindowConfig(video_max_age_s=s.max_age_video_s, audio_max_age_s=s.max_age_audio_s,
-                        vitals_max_age_s=s.max_age_vitals_s, rr_max_age_s=s.max_age_vitals_s)
-
-
 def required_modalities(config: Config) -> tuple[str, ...]:
     """The model modalities whose sensor is enabled: each must be present in a kept window."""
     enabled = {"video": config.camera.enabled, "audio": config.microphone.enabled, "vitals": config.monitor.enabled}
@@ -160,7 +151,7 @@ def capture_int8(config: Config, out_dir: Path, windows: int = DEFAULT_WINDOWS, 
     from tqdm import tqdm
 
     from appliance.buffers import ModalityBuffers
-    from appliance.daemon import Sources
+    from appliance.daemon import Sources, window_config
     from appliance.windows import WindowBuilder
 
     if windows < 1 or not every_s > 0:
