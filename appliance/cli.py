@@ -31,6 +31,8 @@ COMMANDS: tuple[Command, ...] = (
             "the bedside daemon: sensors -> windows -> engines -> score -> MQTT"),
     Command(("demo",), "appliance.demo", "add_demo_arguments", "run_demo",
             "mosquitto + simulated bed + daemon on the CPU + a score subscriber"),
+    Command(("soak",), "appliance.soak", "add_soak_arguments", "run_soak",
+            "the demo for 30 min at production cadence; RSS/fd/thread leak and p99 verdicts"),
     Command(("config", "check"), "appliance.config", "add_config_arguments", "run_config_check",
             "validate a config file without starting anything"),
     Command(("simulate-bed",), "appliance.simulate", "add_simulate_arguments", "run_simulate",

@@ -201,8 +201,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", choices=("masimo", "intellivue"), default="intellivue",
                         help="monitor protocol the simulated bed speaks (intellivue also sends ECG for HRV)")
     parser.add_argument("--measure", type=Path, default=None, metavar="DIR",
-                        help="also measure end-to-end latency at the subscriber and the daemon's CPU %% and RSS;"
-                             " writes DIR/daemon_measure.json and .png")
+                        help="also measure end-to-end latency at the subscriber and the daemon's CPU %%, RSS, fds"
+                             " and threads; writes DIR/daemon_measure.json and .png, raw DIR/daemon_samples.json")
 
 
 def run_demo(args: argparse.Namespace) -> int:
