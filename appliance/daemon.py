@@ -338,11 +338,11 @@ class Daemon:
         self.pipeline = ScoringPipeline(
             WindowBuilder(self.buffers, window_cfg, cry=self.sources.cry), self.engines, self.calibration,
             self.publisher, model_config=model_cfg, model_version=self.engines.model_version,
-            config=PipelineConfig(cadence_s=s.cadence_s, raw_media_dir=raw_dir), watchdog=self.watchdog,
+            config=PipelineConfig(cadence_s=cfg.scoring.cadence_s, raw_media_dir=raw_dir), watchdog=self.watchdog,
             on_cycle=self.recorder.on_cycle if self.recorder is not None else None)
         self.watchdog.start()
         self.pipeline.start()
-        service.ready(f"scoring every {s.cadence_s:g} s with {self.engines.backend}"
+        service.ready(f"scoring every {cfg.scoring.cadence_s:g} s with {self.engines.backend}"
                       + (f"; waiting for {', '.join(missing)}" if missing else ""))
         log.info("ready: model %s on %s, calibration %s, sources %s", self.engines.model_version,
                  self.engines.backend, self.calibration.current.version, self.sources.opened())
