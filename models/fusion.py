@@ -31,9 +31,12 @@ Why both: with the cross-modal path alone, every feature the head saw had gone t
 projection + LayerNorm, attention and a second LayerNorm before pooling. Per-token LayerNorm removes each
 token's overall activation level, which is where much of the encoders' intensity signal sits, and the
 head had to re-learn it through attention. Measured on the CI cohort (24 synthetic infants, 3 subject-wise
-folds, tiny config, 12 epochs, seed 0): MAE 1.806 without the unimodal path, 1.244 with it (early fusion
-1.234). Keeping the unimodal path makes the model early fusion *plus* cross-modal attention, so attention
-can only add what the pooled features lack (who-cries-while-grimacing timing, a modality to discount).
+folds, tiny config, 12 epochs, seed 0): MAE 1.806 without the unimodal path, 1.241 with it (early fusion
+1.234). On the larger 36-infant benchmark (20 epochs) the two designs are within seed noise of each other
+(seeds 0/1: 1.041/1.242 with it, 0.930/1.292 without) and early fusion is ahead of both (0.958/1.029), so
+the cross-modal attention has not yet shown a gain on the synthetic cohort (issue 3). Keeping the unimodal
+path makes the model early fusion *plus* cross-modal attention, so attention can only add what the pooled
+features lack (who-cries-while-grimacing timing, a modality to discount).
 
 The modality weights *gate the cross-modal path*: each modality's cross-modal vector is multiplied by
 ``weight * n_present`` (1 for every present modality when the weights are uniform, exactly 0 when absent).
