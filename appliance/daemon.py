@@ -302,8 +302,11 @@ class Daemon:
             self._startup_detail = f"engines failed to load: {exc}"[:500]
             log.error("no score possible: %s", self._startup_detail)
             service.set_status(self._startup_detail)
+            # Wait for *this* health to go out: one sent on connect (detail "starting") must not count, or
+            # the process can exit before the ward is told why there is no score.
+            sent_before = self.publisher.stats().health_sent
             self.publisher.request_health()
-            self.publisher.wait_for(lambda p: p.stats().health_sent > 0 or p.state.is_error, 5.0)
+            self.publisher.wait_for(lambda p: p.stats().health_sent > sent_before or p.state.is_error, 5.0)
             return EXIT_ENGINES
         try:
             key_file = cfg.calibration.key_file or None

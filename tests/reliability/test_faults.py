@@ -413,7 +413,8 @@ def test_engine_file_corrupted_at_start(rig: Rig, model_dir: Path, record_result
                   f"{bool(skipped_logged)}; ORT only: exit {rc}, health no_score {'naming it' if no_score else 'MISSING'}, "
                   f"STATUS {'says so' if status else 'SILENT'}; after repair + restart scores on onnxruntime", ok,
                   produced=produced, delivered=delivered, lost=lost)
-    assert ok, (d1.text()[-1500:], d2.text()[-1500:])
+    assert ok, (f"fallback_ok={fallback_ok} rc={rc} no_score={bool(no_score)} status={status} "
+                f"health3={bool(health3)} lost={lost}", d1.text()[-1500:], d2.text()[-1500:], d3.text()[-1500:])
     assert d3.terminate() == 0
 
 
