@@ -28,7 +28,7 @@ from datetime import datetime, timezone
 from typing import Any, Mapping
 
 from appliance import messages
-from appliance.isotime import parse_iso8601
+from appliance.isotime import parse_utc
 
 FIELD_SEP = "|"
 ENCODING_CHARS = "^~\\&"  # component, repetition, escape, subcomponent
@@ -77,10 +77,7 @@ def unescape(text: str) -> str:
 def hl7_timestamp(value: str | datetime) -> str:
     """HL7 DTM ``YYYYMMDDHHMMSS.SSS+0000`` from an ISO 8601 string with zone or an aware datetime (in UTC)."""
     if isinstance(value, str):
-        try:
-            value = parse_iso8601(value)
-        except ValueError as exc:
-            raise ValueError(f"timestamp: not ISO 8601: {value!r}") from exc
+        value = parse_utc(value, "timestamp")
     if value.tzinfo is None:
         raise ValueError(f"timestamp: {value!r} has no time zone")
     u = value.astimezone(timezone.utc)

@@ -13,7 +13,7 @@ sends it.
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import datetime, timezone
 
 # hh:mm:ss followed by a decimal fraction of any length ('.' or ',').
 _FRACTION = re.compile(r"(\d{2}:\d{2}:\d{2})[.,](\d+)")
@@ -35,3 +35,17 @@ def parse_iso8601(text: str) -> datetime:
 
     Naive in, naive out: whether a missing offset means UTC is the caller's decision."""
     return datetime.fromisoformat(normalise_iso8601(text))
+
+
+def parse_utc(text: str, name: str) -> datetime:
+    """An ISO 8601 time that carries its zone, converted to UTC; ``ValueError`` naming ``name`` otherwise.
+
+    For the places where a zoneless time is an error rather than a convention (a score's window end, an HL7
+    timestamp): local or UTC cannot be guessed there."""
+    try:
+        t = parse_iso8601(text)
+    except ValueError as exc:
+        raise ValueError(f"{name}: not ISO 8601: {text!r}") from exc
+    if t.tzinfo is None:
+        raise ValueError(f"{name}: no time zone in {text!r}")
+    return t.astimezone(timezone.utc)

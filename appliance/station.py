@@ -38,7 +38,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from appliance import fhir, hl7, messages
-from appliance.isotime import parse_iso8601
+from appliance.isotime import parse_utc
 from appliance.publish import read_password
 
 log = logging.getLogger(__name__)
@@ -96,13 +96,7 @@ def parse_topic(topic: str) -> tuple[str, str, str] | None:
 def _parse_utc(value: Any, name: str) -> datetime:
     if not isinstance(value, str):
         raise ValueError(f"{name}: expected an ISO 8601 UTC string, got {value!r}")
-    try:
-        t = parse_iso8601(value)
-    except ValueError as exc:
-        raise ValueError(f"{name}: not ISO 8601: {value!r}") from exc
-    if t.tzinfo is None:
-        raise ValueError(f"{name}: no time zone in {value!r}")
-    return t.astimezone(timezone.utc)
+    return parse_utc(value, name)
 
 
 def parse_score_point(payload: bytes | str | Mapping[str, Any], received: datetime) -> ScorePoint:

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from appliance.isotime import parse_iso8601
+from appliance.isotime import parse_iso8601, parse_utc
 from tests.test_python_compat import python310
 
 REPO = Path(__file__).resolve().parents[2]
@@ -73,3 +73,12 @@ def test_python_310_reads_what_311_reads() -> None:
     assert got == [parse_iso8601(s).isoformat() for s in SAMPLES]
     if sys.version_info >= (3, 11):
         assert got == [datetime.fromisoformat(s).isoformat() for s in SAMPLES]
+
+
+def test_parse_utc_converts_to_utc_and_refuses_a_zoneless_time_by_name() -> None:
+    t = parse_utc("2026-11-25T18:30:00+01:00", "score.window.end_utc")
+    assert t.tzinfo == timezone.utc and (t.hour, t.minute) == (17, 30)
+    with pytest.raises(ValueError, match=r"^score\.window\.end_utc: no time zone in"):
+        parse_utc("2026-11-25T18:30:00", "score.window.end_utc")
+    with pytest.raises(ValueError, match=r"^timestamp: not ISO 8601: 'yesterday'"):
+        parse_utc("yesterday", "timestamp")
