@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+from appliance.mqtt import topics
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: JetPack 6's python3 (the device's venv); tomli is the library tomllib was made from
@@ -189,7 +191,7 @@ class MqttSection:
     publish_vitals: bool = spec(False, "Also publish HR/SpO2 as read, 1 Hz, on <prefix>/vitals.")
     command_key_file: str = spec("", "Central station key (hex, 0600) if not given as a systemd credential: when set, "
                                  "commands must carry command_id, sent_utc and an HMAC-SHA256 made with it (see "
-                                 "appliance/messages.py). Empty: the broker ACL alone says who may command.", path=True)
+                                 "appliance/mqtt/messages.py). Empty: the broker ACL alone says who may command.", path=True)
     command_key_credential: str = spec("mqtt-command-key", "systemd credential holding the station key (used when "
                                        "present in $CREDENTIALS_DIRECTORY).", pattern=_NAME_RE)
 
@@ -243,7 +245,7 @@ class Config:
     @property
     def topic_prefix(self) -> str:
         """``neopain/<site>/<bed>``: every topic of this bed lives under it."""
-        return f"neopain/{self.device.site}/{self.device.bed}"
+        return topics.bed_prefix(self.device.site, self.device.bed)
 
     @property
     def mqtt_client_id(self) -> str:
@@ -253,6 +255,21 @@ class Config:
 def sections() -> list[dataclasses.Field]:
     """The TOML sections of :class:`Config`, in file order."""
     return [f for f in dataclasses.fields(Config) if not f.metadata.get("not_toml")]
+
+
+def default(section: str, key: str) -> Any:
+    """The spec's default of ``[section] key``: what a stage's own config dataclass uses as its default, so
+    that a stage built in a test or a tool behaves like the daemon built from an empty config file (one set
+    of defaults, the spec's; ``tests/appliance/test_wiring.py`` checks every mapped key)."""
+    for s in sections():
+        if s.name == section:
+            for f in dataclasses.fields(s.default_factory):  # type: ignore[arg-type]
+                if f.name == key:
+                    if f.default is not dataclasses.MISSING:
+                        return f.default
+                    return f.default_factory()  # type: ignore[misc]
+            raise KeyError(f"[{section}] has no key {key!r}")
+    raise KeyError(f"no config section [{section}]")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -557,7 +574,7 @@ def _credential(name: str) -> Path | None:
     return None
 
 
-def _secret_path(config: Config, credential: str, file_key: str) -> tuple[Path | None, str]:
+def secret_path(config: Config, credential: str, file_key: str) -> tuple[Path | None, str]:
     """Where a secret comes from: the systemd credential if loaded, else the ``mqtt.<file_key>`` file."""
     cred = _credential(credential)
     if cred is not None:
@@ -595,7 +612,7 @@ def mqtt_password(config: Config, *, _loc: _Locator | None = None) -> str | None
     Trailing newlines are stripped (``echo secret > file``); the value is never stored on the Config so that
     it cannot end up in a repr, a log line or a health message.
     """
-    path, what = _secret_path(config, config.mqtt.password_credential, "password_file")
+    path, what = secret_path(config, config.mqtt.password_credential, "password_file")
     if path is None or not config.mqtt.username:
         return None
     raw = _read_secret(path, what, check_others=what.startswith("mqtt."), loc=_loc, key=("mqtt", "password_file"))
@@ -610,7 +627,7 @@ def mqtt_tls_keyfile(config: Config, *, _loc: _Locator | None = None) -> Path | 
     certificate. Checked readable and not exposed to others."""
     if not config.mqtt.tls_cert_file:
         return None
-    path, what = _secret_path(config, config.mqtt.tls_key_credential, "tls_key_file")
+    path, what = secret_path(config, config.mqtt.tls_key_credential, "tls_key_file")
     if path is None:
         err = ("mqtt", "tls_cert_file")
         message = (f"a client certificate needs its key: set mqtt.tls_key_file or load the systemd credential "
@@ -624,7 +641,7 @@ def command_key(config: Config, *, _loc: _Locator | None = None) -> bytes | None
     """The central station's command key (credential first, then ``mqtt.command_key_file``), or None.
 
     Hex text of at least 16 bytes, like the calibration key; never stored on the Config (no repr, no log)."""
-    path, what = _secret_path(config, config.mqtt.command_key_credential, "command_key_file")
+    path, what = secret_path(config, config.mqtt.command_key_credential, "command_key_file")
     if path is None:
         return None
     key_name = ("mqtt", "command_key_file")

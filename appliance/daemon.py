@@ -1,4 +1,5 @@
-"""``neopain run``: the bedside daemon. Wires config -> sources -> ring buffers -> scoring pipeline -> MQTT.
+"""``neopain run``: the bedside daemon: starts, runs and stops the scoring graph that ``appliance/wiring.py``
+composes (sources -> ring buffers -> windows -> gate -> engines -> calibration -> MQTT).
 
 Why the order of start-up: systemd (``Type=notify``) must only hear ``READY=1`` when the device can really
 score -- sources opened and engines loaded -- so start-up is: check the config (exit 2 on the first error,
@@ -24,17 +25,17 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from appliance import service
-from appliance.buffers import ModalityBuffers, VitalsSample, extend_rr
-from appliance.calibration_map import CalibrationError, CalibrationStage
-from appliance.config import DEFAULT_CONFIG_PATH, Config, ConfigError, check_config, command_key, mqtt_tls_keyfile
+from appliance import service, wiring
+from appliance.config import DEFAULT_CONFIG_PATH, Config, ConfigError, check_config
+from appliance.scoring.calibration_map import CalibrationError
+from appliance.scoring.calibration_stage import CalibrationStage
+from appliance.sources.bed import SOURCE_OPEN_TIMEOUT_S
 
 log = logging.getLogger("neopain.daemon")
 
@@ -43,179 +44,8 @@ EXIT_FAILURE = 1
 EXIT_CONFIG = 2
 EXIT_ENGINES = 3
 
-#: How long start-up waits for the enabled sources to open before declaring READY anyway (degraded).
-SOURCE_OPEN_TIMEOUT_S = 15.0
 STATUS_INTERVAL_S = 5.0
 SOURCE_CHECK_S = 1.0  # how often a source going down / coming back is looked for (and journalled)
-
-
-# ------------------------------------------------------------------------------------------------- sources
-class Sources:
-    """The enabled sensors feeding one :class:`ModalityBuffers`; owns their threads and reports health."""
-
-    def __init__(self, config: Config, buffers: ModalityBuffers, publisher: Any = None) -> None:
-        self.config = config
-        self.buffers = buffers
-        self.publisher = publisher
-        self.camera: Any = None
-        self.tracker: Any = None
-        self.microphone: Any = None
-        self.cry: Any = None
-        self.monitor: Any = None
-        self.sink_errors = 0
-
-    def open(self) -> "Sources":
-        cfg = self.config
-        if cfg.camera.enabled:
-            from appliance.sources.camera import Camera, CameraConfig
-            from appliance.sources.face import FaceConfig, FaceTracker
-
-            kind = None if cfg.camera.kind == "auto" else cfg.camera.kind
-            cam_cfg = CameraConfig(source=cfg.camera.source, kind=kind, fps=cfg.camera.fps, width=cfg.camera.width,
-                                   height=cfg.camera.height, watchdog_s=cfg.camera.reopen_after_s,
-                                   loop=cfg.camera.loop)
-            roi = tuple(cfg.camera.face_roi) if cfg.camera.face_roi else None
-            self.tracker = FaceTracker(FaceConfig(crop_size=cfg.camera.face_crop_size, roi=roi))
-            self.camera = Camera(cam_cfg, self._on_frame).start()
-        if cfg.microphone.enabled:
-            from models.features.cry import CryDetector
-            from appliance.sources.microphone import Microphone, MicrophoneConfig
-
-            self.cry = CryDetector()
-            mic_cfg = MicrophoneConfig(device=cfg.microphone.device, rate=cfg.microphone.rate,
-                                       period_size=cfg.microphone.period_frames,
-                                       pace_realtime=cfg.microphone.pace_realtime)
-            self.microphone = Microphone(mic_cfg, self._on_audio).start()
-        if cfg.monitor.enabled:
-            from appliance.sources.monitor.reader import MonitorReader
-
-            self.monitor = MonitorReader(cfg.monitor.port, self._on_monitor, protocol=cfg.monitor.protocol,
-                                         baudrate=cfg.monitor.baud).start()
-        return self
-
-    # Sinks run on the sources' own threads: append and return, never raise into a driver loop.
-    def _on_frame(self, frame: Any) -> None:
-        try:
-            self.buffers.frames.append(self.tracker.process(frame))
-        except Exception:
-            self.sink_errors += 1
-            log.exception("camera sink failed")
-
-    def _on_audio(self, period: Any) -> None:
-        try:
-            self.buffers.audio.append(period)
-            self.cry.push_period(period)
-        except Exception:
-            self.sink_errors += 1
-            log.exception("microphone sink failed")
-
-    def _on_monitor(self, item: Any) -> None:
-        from appliance.sources.monitor.types import RRIntervals, VitalSample
-
-        try:
-            if isinstance(item, VitalSample):
-                sample = VitalsSample.from_monitor(item)
-                self.buffers.vitals.append(sample)
-                if self.publisher is not None:
-                    self.publisher.publish_vitals(t_mono_ns=sample.t_ns, hr_bpm=sample.hr_bpm,
-                                                  spo2_pct=sample.spo2_pct, source=sample.source or None)
-            elif isinstance(item, RRIntervals):
-                extend_rr(self.buffers.rr, item)
-        except Exception:
-            self.sink_errors += 1
-            log.exception("monitor sink failed")
-
-    def up(self) -> dict[str, bool]:
-        """Enabled source -> open and delivering now (a monitor whose port is open but that sends nothing
-        usable, e.g. garbage on the line, is down: nothing stale or invented is shown as current)."""
-        out: dict[str, bool] = {}
-        if self.camera is not None:
-            h = self.camera.health()
-            out["camera"] = bool(h.open and h.last_frame_age_s is not None and h.last_frame_age_s < 5.0)
-        if self.microphone is not None:
-            h = self.microphone.health()
-            out["microphone"] = bool(h.open and h.last_period_age_s is not None and h.last_period_age_s < 5.0)
-        if self.monitor is not None:
-            h = self.monitor.health()
-            last = h.last_sample_mono_ns
-            out["monitor"] = bool(h.connected and last is not None and time.monotonic_ns() - last < 5_000_000_000)
-        return out
-
-    def why_down(self, name: str) -> str:
-        """One line for the journal: why source ``name`` is not delivering (its last error, rejects)."""
-        source = getattr(self, name, None)
-        if source is None:
-            return "not enabled"
-        h = source.health()
-        parts = [f"last error: {h.last_error}" if getattr(h, "last_error", None) else "no data for 5 s"]
-        if name == "monitor":
-            parts.insert(0, "port open" if h.connected else "port closed")
-            if h.rejects:
-                parts.append("rejected " + ", ".join(f"{k} x{v}" for k, v in sorted(h.rejects.items())))
-        return "; ".join(parts)
-
-    def opened(self) -> dict[str, bool]:
-        """Enabled source -> has opened (not yet necessarily delivering): what READY waits for."""
-        out: dict[str, bool] = {}
-        if self.camera is not None:
-            out["camera"] = bool(self.camera.health().open)
-        if self.microphone is not None:
-            out["microphone"] = bool(self.microphone.health().open)
-        if self.monitor is not None:
-            out["monitor"] = bool(self.monitor.health().connected)
-        return out
-
-    def fps(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        if self.camera is not None:
-            out["camera"] = round(float(self.camera.health().fps_measured), 2)
-        return out
-
-    def close(self) -> None:
-        for name in ("camera", "microphone", "monitor"):
-            source = getattr(self, name)
-            if source is None:
-                continue
-            try:
-                source.stop()
-            except Exception as exc:  # a stuck driver thread must not block shutdown of the rest
-                log.warning("%s did not stop cleanly: %s", name, exc)
-
-
-# ------------------------------------------------------------------------------------------------- publisher
-def window_config(config: Config) -> Any:
-    """The window builder's freshness limits from ``[scoring] max_age_*`` (one mapping for the daemon and for
-    ``calibrate capture-int8``, so INT8 calibration windows are cut exactly as scored ones)."""
-    from appliance.windows import WindowConfig
-
-    s = config.scoring
-    return WindowConfig(video_max_age_s=s.max_age_video_s, audio_max_age_s=s.max_age_audio_s,
-                        vitals_max_age_s=s.max_age_vitals_s, rr_max_age_s=s.max_age_vitals_s)
-
-
-def _credential_or_file(config: Config, credential: str, file_value: str) -> Path | None:
-    directory = os.environ.get("CREDENTIALS_DIRECTORY")
-    if directory and (Path(directory) / credential).exists():
-        return Path(directory) / credential
-    return Path(file_value) if file_value else None
-
-
-def publisher_config(config: Config) -> Any:
-    """``[device]``, ``[mqtt]`` and ``[outbox]`` as :class:`appliance.publish.PublisherConfig` (secrets as paths)."""
-    from appliance.publish import PublisherConfig
-
-    m = config.mqtt
-    password = _credential_or_file(config, m.password_credential, m.password_file) if m.username else None
-    return PublisherConfig(
-        host=m.host, port=m.port, site=config.device.site, bed=config.device.bed, device_id=config.device.id,
-        outbox_path=Path(config.outbox.path), client_id=config.mqtt_client_id, keepalive_s=m.keepalive_s,
-        username=m.username or None, password_file=password,
-        tls_ca=Path(m.tls_ca_file) if m.tls_ca_file else None,
-        tls_cert=Path(m.tls_cert_file) if m.tls_cert_file else None,
-        tls_key=mqtt_tls_keyfile(config),
-        score_expiry_s=float(m.message_expiry_s), health_interval_s=m.health_interval_s,
-        outbox_max_rows=config.outbox.max_rows, publish_vitals=m.publish_vitals, command_key=command_key(config),
-    )
 
 
 # ------------------------------------------------------------------------------------------------- the daemon
@@ -225,12 +55,12 @@ class Daemon:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.stop_requested = threading.Event()
-        self.buffers = ModalityBuffers()
         self.publisher: Any = None
-        self.sources: Sources | None = None
         self.engines: Any = None
+        self.graph: wiring.ScoringGraph | None = None  # the stages from the sensors to the publisher
+        self.sources: Any = None  # appliance.sources.bed.BedSources, once opened
         self.calibration: CalibrationStage | None = None
-        self.recorder: Any = None  # calibration.sessions.CalibrationRecorder, once started
+        self.recorder: Any = None  # appliance.scoring.ratings.CalibrationRecorder, once started
         self.pipeline: Any = None
         self.watchdog = service.Watchdog()
         self._startup_detail = "starting"
@@ -281,10 +111,10 @@ class Daemon:
             log.warning("SIGHUP before the calibration was loaded: ignored")
 
     def run(self) -> int:
-        from appliance.publish import Publisher
+        from appliance.mqtt.publisher import Publisher
 
         cfg = self.config
-        self.publisher = Publisher(publisher_config(cfg), health_provider=self.health_fields,
+        self.publisher = Publisher(wiring.publisher_config(cfg), health_provider=self.health_fields,
                                    on_command=self._on_command)
         self.publisher.start()
         try:
@@ -309,20 +139,19 @@ class Daemon:
             self.publisher.wait_for(lambda p: p.stats().health_sent > sent_before or p.state.is_error, 5.0)
             return EXIT_ENGINES
         try:
-            key_file = cfg.calibration.key_file or None
-            self.calibration = CalibrationStage(cfg.calibration.bundle or None,
-                                                model_version=self.engines.model_version,
-                                                key_file=key_file, require_signature=key_file is not None)
+            graph = wiring.build(cfg, engines=self.engines, model_config=model_cfg, publisher=self.publisher,
+                                 watchdog=self.watchdog)
         except CalibrationError as exc:
             print(f"neopain run: calibration.bundle: {exc}", file=sys.stderr)
             self._startup_detail = f"calibration refused: {exc}"[:500]
             return EXIT_CONFIG
+        self.graph, self.calibration, self.recorder = graph, graph.calibration, graph.recorder
         if self.stop_requested.is_set():
             return EXIT_OK
 
         service.set_status("opening sources")
         self._startup_detail = "starting: opening sources"
-        self.sources = Sources(cfg, self.buffers, self.publisher).open()
+        self.sources = graph.sources.open()
         deadline = time.monotonic() + SOURCE_OPEN_TIMEOUT_S
         while not all(self.sources.opened().values()) and time.monotonic() < deadline:
             if self.stop_requested.wait(0.1):
@@ -332,17 +161,7 @@ class Daemon:
             log.warning("sources not open after %.0f s (they keep retrying): %s", SOURCE_OPEN_TIMEOUT_S,
                         ", ".join(missing))
 
-        from appliance.pipeline import PipelineConfig, ScoringPipeline
-        from appliance.windows import WindowBuilder
-
-        window_cfg = window_config(cfg)
-        raw_dir = Path(cfg.outbox.path).parent / "raw-media" if cfg.debug.save_raw_media else None
-        self._start_calibration_recorder(cfg)
-        self.pipeline = ScoringPipeline(
-            WindowBuilder(self.buffers, window_cfg, cry=self.sources.cry), self.engines, self.calibration,
-            self.publisher, model_config=model_cfg, model_version=self.engines.model_version,
-            config=PipelineConfig(cadence_s=cfg.scoring.cadence_s, raw_media_dir=raw_dir), watchdog=self.watchdog,
-            on_cycle=self.recorder.on_cycle if self.recorder is not None else None)
+        self.pipeline = graph.pipeline
         self.watchdog.start()
         self.pipeline.start()
         service.ready(f"scoring every {cfg.scoring.cadence_s:g} s with {self.engines.backend}"
@@ -405,17 +224,6 @@ class Daemon:
         except Exception as exc:  # a real failure shows up (and is reported) in the first cycle
             log.warning("engine warm-up failed: %s", exc)
         log.info("engines warmed up in %.0f ms", (time.perf_counter() - started) * 1e3)
-
-    def _start_calibration_recorder(self, cfg: Config) -> None:
-        """Calibration sessions (pairs of raw score and nurse rating); scoring goes on without them."""
-        from calibration.sessions import CalibrationRecorder, SessionStore
-
-        db = Path(cfg.calibration.sessions_db)
-        try:
-            db.parent.mkdir(parents=True, exist_ok=True)
-            self.recorder = CalibrationRecorder(SessionStore(db)).start()
-        except Exception as exc:  # sqlite3.Error, OSError: a broken sessions store must not stop scoring
-            log.error("calibration sessions unavailable (%s): %s", db, exc)
 
     def _shutdown(self) -> None:
         service.stopping("stopping")

@@ -13,7 +13,7 @@ for another device is refused with a message that says so rather than "bad signa
 Bundle file (``bundle.json``)::
 
     {"format": "neopain-calibration-bundle", "format_version": 1,
-     "payload": {"map": {<appliance.calibration_map payload: version, model_version, x, y>},
+     "payload": {"map": {<appliance.scoring.calibration_map payload: version, model_version, x, y>},
                  "method": "isotonic" | "linear", "fit": {n_infants, n_ratings, cv_mae_before, ...},
                  "created_by": "...", "created_utc": "..."},
      "signature": {"alg": "HMAC-SHA256", "key_id": "...", "value": "<hex>"}}
@@ -30,38 +30,25 @@ from __future__ import annotations
 import argparse
 import sys
 import getpass
-import hashlib
-import hmac
 import json
 import os
-import re
 import secrets
 import shutil
 import socket
-import stat
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from appliance.calibration_map import (BUNDLE_FORMAT, CalibrationError, CalibrationMap, UNCALIBRATED,
-                                       parse_calibration)
+from appliance.scoring.bundles import (BUNDLE_FILE, CURRENT, FORMAT, FORMAT_VERSION, BundleError, VerifiedBundle,
+                                      check_version, key_id, read_bundle, read_key, sign)
+from appliance.scoring.calibration_map import parse_calibration
 
-FORMAT = BUNDLE_FORMAT
-FORMAT_VERSION = 1
-ALG = "HMAC-SHA256"
-BUNDLE_FILE = "bundle.json"
-CURRENT = "current"
 HISTORY = "history.json"
 DEFAULT_BUNDLES_DIR = Path("/var/lib/neopain/calibration")
 DEFAULT_KEY_FILE = Path("/etc/neopain/calibration.key")
 KEY_BYTES = 32
-_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-
-
-class BundleError(CalibrationError):
-    """A bundle that must not be used (unsigned, bad signature, foreign key, wrong model, malformed)."""
 
 
 # ------------------------------------------------------------------------------------------------- keys
@@ -75,50 +62,12 @@ def generate_key(path: str | Path) -> Path:
     return path
 
 
-def read_key(path: str | Path) -> bytes:
-    """The device key; refuses a key file that group or others can read (a leaked key forges bundles)."""
-    path = Path(path)
-    try:
-        st = path.stat()
-        text = path.read_text(encoding="ascii").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"calibration key {path}: cannot read ({exc})") from None
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise BundleError(f"calibration key {path}: mode {stat.S_IMODE(st.st_mode):04o} lets group/others read "
-                          f"it; chmod 600 {path}")
-    try:
-        key = bytes.fromhex(text)
-    except ValueError:
-        raise BundleError(f"calibration key {path}: expected hex text") from None
-    if len(key) < 16:
-        raise BundleError(f"calibration key {path}: {len(key)} bytes; at least 16 needed")
-    return key
-
-
-def key_id(key: bytes) -> str:
-    """A public name for a key (not secret: a hash prefix) so errors can say *which* key signed a bundle."""
-    return hashlib.sha256(key).hexdigest()[:16]
-
-
 # ------------------------------------------------------------------------------------------- sign/verify
-def canonical(payload: Any) -> bytes:
-    """The bytes that are signed: one spelling per JSON value, so re-serialising never breaks a signature."""
-    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
-                      allow_nan=False).encode("ascii")
-
-
-def _check_version(version: Any, where: str) -> str:
-    if not isinstance(version, str) or not _VERSION_RE.match(version) or version in (CURRENT, UNCALIBRATED):
-        raise BundleError(f"{where}: version: {version!r} must match {_VERSION_RE.pattern} and not be "
-                          f"{CURRENT!r}/{UNCALIBRATED!r} (it names the install folder)")
-    return version
-
-
 def make_bundle(*, version: str, model_version: str, x: list[float], y: list[float], key: bytes,
                 method: str, fit: dict[str, Any] | None = None, created_by: str | None = None,
                 created_utc: str | None = None) -> dict[str, Any]:
     """A signed bundle dict (validated: the map goes through the appliance's own parser first)."""
-    _check_version(version, "bundle")
+    check_version(version, "bundle")
     if not isinstance(model_version, str) or not model_version:
         raise BundleError("bundle: model_version: a bundle must name the model it was fitted for")
     map_payload = {"format": "neopain-calibration-map", "format_version": 1, "version": version,
@@ -133,78 +82,6 @@ def make_bundle(*, version: str, model_version: str, x: list[float], y: list[flo
     }
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "payload": payload,
             "signature": sign(payload, key)}
-
-
-def sign(payload: dict[str, Any], key: bytes) -> dict[str, str]:
-    return {"alg": ALG, "key_id": key_id(key),
-            "value": hmac.new(key, canonical(payload), hashlib.sha256).hexdigest()}
-
-
-@dataclass(frozen=True)
-class VerifiedBundle:
-    """A bundle whose signature, model and map were checked."""
-
-    map: CalibrationMap
-    payload: dict[str, Any]
-    source: str
-
-    @property
-    def version(self) -> str:
-        return self.map.version
-
-
-def verify_bundle(bundle: Any, key: bytes, *, model_version: str | None = None,
-                  where: str = "<bundle>") -> VerifiedBundle:
-    """Check format, signature (constant-time compare), key, map and model; raise :class:`BundleError`."""
-    if not isinstance(bundle, dict):
-        raise BundleError(f"{where}: expected a JSON object, got {type(bundle).__name__}")
-    if bundle.get("format") != FORMAT:
-        raise BundleError(f"{where}: format: expected {FORMAT!r}, got {bundle.get('format')!r} "
-                          f"(an unsigned map is not accepted)")
-    if bundle.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"{where}: format_version: expected {FORMAT_VERSION}, got {bundle.get('format_version')!r}")
-    sig = bundle.get("signature")
-    if not isinstance(sig, dict) or not isinstance(sig.get("value"), str):
-        raise BundleError(f"{where}: signature: missing; unsigned bundles are refused")
-    if sig.get("alg") != ALG:
-        raise BundleError(f"{where}: signature.alg: expected {ALG!r}, got {sig.get('alg')!r}")
-    if sig.get("key_id") != key_id(key):
-        raise BundleError(f"{where}: signature.key_id: signed with key {sig.get('key_id')!r}, this device's key is "
-                          f"{key_id(key)!r} (a bundle made for another device?)")
-    payload = bundle.get("payload")
-    if not isinstance(payload, dict):
-        raise BundleError(f"{where}: payload: expected a JSON object")
-    try:
-        expected = hmac.new(key, canonical(payload), hashlib.sha256).hexdigest()
-    except ValueError as exc:  # NaN/Infinity smuggled in
-        raise BundleError(f"{where}: payload: not canonical JSON ({exc})") from None
-    if not hmac.compare_digest(expected, sig["value"]):
-        raise BundleError(f"{where}: signature.value: does not match the payload (tampered or corrupted bundle)")
-    try:
-        cal = parse_calibration(payload.get("map"), where=f"{where}: payload.map")
-    except CalibrationError as exc:
-        raise BundleError(str(exc)) from None
-    _check_version(cal.version, f"{where}: payload.map")
-    if cal.model_version is None:
-        raise BundleError(f"{where}: payload.map.model_version: missing; a bundle must name its model")
-    if model_version is not None and cal.model_version != model_version:
-        raise BundleError(f"{where}: model_version: bundle made for model {cal.model_version!r}, the engines run "
-                          f"{model_version!r}")
-    cal = CalibrationMap(cal.version, cal.x, cal.y, cal.model_version, where)
-    return VerifiedBundle(cal, payload, where)
-
-
-def read_bundle(path: str | Path, key: bytes, *, model_version: str | None = None) -> VerifiedBundle:
-    """Load and verify ``path`` (a ``bundle.json`` or a folder holding one)."""
-    path = Path(path)
-    file = path / BUNDLE_FILE if path.is_dir() else path
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{file}: cannot read: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{file}: not valid JSON: line {exc.lineno}: {exc.msg}") from None
-    return verify_bundle(data, key, model_version=model_version, where=str(file))
 
 
 def write_bundle(path: str | Path, bundle: dict[str, Any]) -> Path:

@@ -3,9 +3,9 @@
 Why from the bed, and through the daemon's own pieces: INT8 calibration sets the quantisation ranges of every
 layer from the activations it sees, so it must see exactly what the engines will see at this cot -- this
 camera's framing and light, this room's noise, this monitor. The command therefore runs the daemon's chain
-(sources -> ring buffers -> :class:`appliance.windows.WindowBuilder` -> quality gate
-:func:`appliance.quality.assess` -> :func:`appliance.pipeline.raw_window` ->
-:func:`models.features.inputs.model_inputs`) every ``--every`` seconds, keeps only windows in which every
+(sources -> ring buffers -> :class:`appliance.scoring.windows.WindowBuilder` ->
+:func:`appliance.scoring.pipeline.prepare`, the quality gate and the one raw-window -> model-input
+conversion the scoring loop runs) every ``--every`` seconds, keeps only windows in which every
 enabled modality passed the gate (a window with the face missing would calibrate the video encoder on
 zeros), and writes each as one ``.npz`` in the format ``neopain build-engines --calibration`` reads
 (:func:`models.engines.build.write_calibration_window`).
@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from appliance.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
-from calibration.commission_files import private_dir
+from calibration.commission.files import private_dir
 
 EXIT_OK = 0
 EXIT_SHORT = 1
@@ -82,7 +82,7 @@ class Decision:
 def judge(verdict: Any, inputs: Mapping[str, np.ndarray] | None, required: tuple[str, ...]) -> str | None:
     """Why a window must not calibrate (None when it may): a required modality the gate removed, or one that
     ``model_inputs`` could not use (e.g. less than one log-Mel patch of audio)."""
-    from models.configs import MODALITIES
+    from models.vocabulary import MODALITIES
 
     missing = [m for m in required if not verdict.presence.get(m, False)]
     if missing:
@@ -99,11 +99,11 @@ class WindowCapture:
     """Cuts, gates and writes windows (one call to :meth:`step` per window); independent of the sources, so
     a test can drive it with buffers it fills itself."""
 
-    builder: Any  # appliance.windows.WindowBuilder
+    builder: Any  # appliance.scoring.windows.WindowBuilder
     model_config: Any
     out_dir: Path
     required: tuple[str, ...]
-    quality: Any = None  # appliance.quality.QualityConfig (default limits when None)
+    quality: Any = None  # appliance.scoring.quality.QualityConfig (default limits when None)
     decisions: list[Decision] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -115,17 +115,14 @@ class WindowCapture:
         return [d.path for d in self.decisions if d.kept and d.path is not None]
 
     def step(self, t_ns: int | None = None) -> Decision:
-        from appliance.pipeline import raw_window
-        from appliance.quality import assess
+        from appliance.scoring.pipeline import prepare
         from models.engines.build import write_calibration_window
-        from models.features.inputs import model_inputs
 
-        window = self.builder.build(t_ns)
-        verdict = assess(window, self.quality) if self.quality is not None else assess(window)
-        reason = judge(verdict, None, self.required)
-        if reason is None:
-            inputs = model_inputs(raw_window(window, verdict.presence), self.model_config)
-            reason = judge(verdict, inputs, self.required)
+        prepared = prepare(self.builder.build(t_ns), self.model_config, self.quality)
+        window, inputs = prepared.window, prepared.inputs
+        reason = judge(prepared.verdict, inputs, self.required)
+        if reason is None and (inputs is None or prepared.refusal is not None):
+            reason = prepared.refusal or "nothing to score"
         if reason is not None:
             decision = Decision(window.t_ns, False, reason)
         else:
@@ -150,9 +147,11 @@ def capture_int8(config: Config, out_dir: Path, windows: int = DEFAULT_WINDOWS, 
     """
     from tqdm import tqdm
 
-    from appliance.buffers import ModalityBuffers
-    from appliance.daemon import Sources, window_config
-    from appliance.windows import WindowBuilder
+    from appliance.scoring.buffers import ModalityBuffers
+    from appliance.scoring.windows import WindowBuilder
+    from appliance.sources.bed import BedSources
+    from appliance.wiring import buffer_sinks, source_settings, window_config
+    from models.features.cry import CryDetector
 
     if windows < 1 or not every_s > 0:
         raise ValueError(f"need windows >= 1 and every > 0 s, got {windows}, {every_s}")
@@ -164,9 +163,10 @@ def capture_int8(config: Config, out_dir: Path, windows: int = DEFAULT_WINDOWS, 
     private_dir(out_dir)
     stop = stop or threading.Event()
     buffers = ModalityBuffers()
-    sources = Sources(config, buffers).open()
+    cry = CryDetector() if config.microphone.enabled else None
+    sources = BedSources(source_settings(config), buffer_sinks(buffers, cry)).open()
     try:
-        capture = WindowCapture(WindowBuilder(buffers, wcfg, cry=sources.cry), model_cfg, out_dir,
+        capture = WindowCapture(WindowBuilder(buffers, wcfg, cry=cry), model_cfg, out_dir,
                                 required_modalities(config))
         t0 = time.monotonic()
         with tqdm(total=windows, unit="window", desc="INT8 calibration windows", disable=not progress) as bar:

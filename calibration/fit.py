@@ -30,9 +30,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from scipy.optimize import isotonic_regression
 
+from appliance.scoring.ratings import DEFAULT_DB, Pair, SessionStore
+from calibration import bundle
+from calibration.bundle import DEFAULT_KEY_FILE
 from models import stats
+from models.vocabulary import NIPS_MAX
 
-NIPS_MAX = 7.0
 MIN_INFANTS = 5
 MIN_RATINGS = 20
 ISOTONIC_MIN_RATINGS = 60
@@ -41,18 +44,6 @@ METHODS = ("auto", "isotonic", "linear")
 
 class FitRefused(ValueError):
     """The data cannot support a map (too few infants/ratings, or no cross-validated improvement)."""
-
-
-@dataclass(frozen=True)
-class Pair:
-    """One matched calibration pair: the model's raw NIPS and a nurse's NIPS for the same moment."""
-
-    raw: float
-    nips: float
-    rater: str
-    infant: str
-    t: float = 0.0  # seconds (UTC epoch); for traceability, not used by the fit
-    message_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +72,7 @@ def fit_isotonic(raw: np.ndarray, ref: np.ndarray) -> MonotoneMap:
     means = np.bincount(inverse, weights=ref) / counts
     fitted = np.clip(isotonic_regression(means, weights=counts.astype(float), increasing=True).x, 0.0, NIPS_MAX)
     if xs.size == 1:
-        return MonotoneMap("isotonic", (0.0, NIPS_MAX), (float(fitted[0]),) * 2)
+        return MonotoneMap("isotonic", (0.0, float(NIPS_MAX)), (float(fitted[0]),) * 2)
     keep = [0]
     for i in range(1, xs.size - 1):  # drop interior knots inside a flat block
         if not (fitted[i] == fitted[keep[-1]] and fitted[i] == fitted[i + 1]):
@@ -98,7 +89,7 @@ def fit_linear(raw: np.ndarray, ref: np.ndarray) -> MonotoneMap:
     b = float(np.cov(raw, ref, bias=True)[0, 1] / var) if var > 0 else 0.0
     b = max(b, 0.0)
     a = float(ref.mean() - b * raw.mean())
-    xs = {0.0, NIPS_MAX}
+    xs = {0.0, float(NIPS_MAX)}
     if b > 0:  # where the line crosses 0 and 7: extra knots so interpolation equals the clipped line
         xs |= {x for x in ((0.0 - a) / b, (NIPS_MAX - a) / b) if 0.0 < x < NIPS_MAX}
     x = sorted(xs)
@@ -305,9 +296,6 @@ def write_pairs_csv(path: str | Path, pairs: Iterable[Pair]) -> Path:
 
 # -------------------------------------------------------------------------------------------------- CLI
 def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    from calibration.bundle import DEFAULT_KEY_FILE
-    from calibration.sessions import DEFAULT_DB
-
     src = parser.add_mutually_exclusive_group()
     src.add_argument("--db", type=Path, default=None, help=f"calibration sessions database (default {DEFAULT_DB})")
     src.add_argument("--pairs", type=Path, default=None, help="CSV of pairs: raw,nips,rater,infant[,time]")
@@ -325,13 +313,11 @@ def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_fit(args: argparse.Namespace) -> int:
-    from calibration import bundle, sessions
-
     try:
         if args.pairs is not None:
             pairs = read_pairs_csv(args.pairs)
         else:
-            store = sessions.SessionStore(args.db or sessions.DEFAULT_DB)
+            store = SessionStore(args.db or DEFAULT_DB)
             kw = {} if args.max_gap_s is None else {"max_gap_s": args.max_gap_s}
             pairs = store.matched_pairs(**kw)
             store.close()

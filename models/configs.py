@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.vocabulary import MODALITIES, NIPS_ITEMS, NIPS_MAX  # noqa: F401  (the builders' vocabulary)
+
 # Kinetics-400 normalisation used by pytorchvideo (RGB in [0, 1]).
 KINETICS_MEAN = (0.45, 0.45, 0.45)
 KINETICS_STD = (0.225, 0.225, 0.225)
@@ -19,17 +21,6 @@ KINETICS_STD = (0.225, 0.225, 0.225)
 IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
 IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 
-# NIPS items in scoring order and the number of classes of each (facial 0-1, cry 0-2, ...).
-NIPS_ITEMS: tuple[tuple[str, int], ...] = (
-    ("facial", 2),
-    ("cry", 3),
-    ("breathing", 2),
-    ("arms", 2),
-    ("legs", 2),
-    ("arousal", 2),
-)
-NIPS_MAX = 7.0
-MODALITIES = ("video", "audio", "vitals")
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ import cv2
 import numpy as np
 
 from appliance.clock import NS_PER_S, now_ns
+from appliance.config import default
 
 log = logging.getLogger(__name__)
 
@@ -49,9 +50,9 @@ class CameraConfig:
     fps: float | None = None
     width: int | None = None
     height: int | None = None
-    loop: bool = False
+    loop: bool = default("camera", "loop")
     pace: bool = True
-    watchdog_s: float = 3.0
+    watchdog_s: float = default("camera", "reopen_after_s")
     reopen_backoff_s: float = 0.2
     reopen_backoff_max_s: float = 5.0
 

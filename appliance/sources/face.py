@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from appliance.config import default
 from appliance.sources.camera import Frame
 
 Box = tuple[int, int, int, int]  # x, y, w, h in frame pixels
@@ -38,7 +39,7 @@ class FaceConfig:
     also amplifies noise). ``roi``: (x, y, w, h) selects fixed-ROI mode: no detection, the crop is always taken there.
     """
 
-    crop_size: int = 224
+    crop_size: int = default("camera", "face_crop_size")
     detect_every: int = 5
     margin: float = 0.25
     smoothing: float = 0.5

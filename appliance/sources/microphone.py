@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from appliance.clock import NS_PER_S, now_ns
+from appliance.config import default
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,12 @@ class AudioPeriod:
 class MicrophoneConfig:
     """ALSA device and period geometry. ``period_size`` frames per read (512 = 32 ms at 16 kHz)."""
 
-    device: str = "default"
-    rate: int = 16000
+    device: str = default("microphone", "device")
+    rate: int = default("microphone", "rate")
     channels: int = 1
-    period_size: int = 512
+    period_size: int = default("microphone", "period_frames")
     periods: int = 4
-    pace_realtime: bool = False
+    pace_realtime: bool = default("microphone", "pace_realtime")
     reopen_backoff_s: float = 0.1
     reopen_backoff_max_s: float = 5.0
 

@@ -32,7 +32,7 @@ from typing import Iterable
 
 import numpy as np
 
-from models.configs import NIPS_ITEMS
+from models.vocabulary import MODALITIES, NIPS_ITEMS
 
 SUBJECTS_FILE = "subjects.csv"
 AUDIO_FILE = "audio.wav"
@@ -42,7 +42,6 @@ RECORDING_FILE = "recording.json"
 FACE_FILE = "face.csv"
 ECG_FILES = ("ecg.npy", "ecg.csv")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".m4v", ".webm")
-MODALITIES = ("video", "audio", "vitals")
 ECG_RATE_HZ = 250.0
 
 SUBJECT_COLUMNS = ("subject_id", "gestational_age_weeks", "sex", "intubated")

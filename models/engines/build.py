@@ -178,9 +178,8 @@ def build_engines(
 
 def add_build_engines_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``neopain build-engines``."""
-    parser.add_argument("--config", help="appliance TOML: takes scoring.model_dir and scoring.engine_cache_dir from it")
-    parser.add_argument("--model-dir", help="exported model directory (overrides the config)")
-    parser.add_argument("--cache-dir", help="engine cache directory (overrides the config)")
+    parser.add_argument("--model-dir", help="exported model directory")
+    parser.add_argument("--cache-dir", help="engine cache directory")
     parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16", help="default: fp16")
     parser.add_argument("--calibration", help="INT8: directory of .npz calibration windows (neopain calibrate capture-int8)")
     parser.add_argument("--calibration-dataset", help="INT8: dataset directory to calibrate with instead")
@@ -193,29 +192,8 @@ def run_build_engines(args: argparse.Namespace) -> int:
     """``neopain build-engines``: 0 built/valid, 1 bad input or failed build, 3 TensorRT/GPU unavailable."""
     model_dir, cache_dir = args.model_dir, args.cache_dir
     try:
-        if args.config:
-            from appliance.config import ConfigError, load_config
-
-            try:
-                scoring = load_config(args.config).scoring
-            except ConfigError as exc:
-                raise EngineError(str(exc)) from None
-            model_dir = model_dir or scoring.model_dir
-            cache_dir = cache_dir or scoring.engine_cache_dir
-            manifest = read_manifest(model_dir)
-            if manifest.config_name != scoring.model_config:
-                raise EngineError(
-                    f"{args.config}: scoring.model_config is {scoring.model_config!r} but {model_dir} holds a "
-                    f"{manifest.config_name!r} model ({manifest.model_version})"
-                )
-            if "tensorrt" not in scoring.backends:
-                for name in manifest.parts:
-                    verify_part(model_dir, manifest, name)
-                print(f"build-engines: tensorrt is not in scoring.backends {scoring.backends}; nothing to build "
-                      f"({manifest.model_version} in {model_dir} verified)")
-                return 0
         if not model_dir or not cache_dir:
-            raise EngineError("give --model-dir and --cache-dir, or --config with [scoring] model_dir/engine_cache_dir")
+            raise EngineError("give --model-dir and --cache-dir")
         calibration = None
         if args.precision == "int8":
             manifest = read_manifest(model_dir)

@@ -19,14 +19,21 @@ import math
 import threading
 from collections import deque
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
 NS_PER_S = 1_000_000_000  # segment stamps are monotonic nanoseconds, as everywhere in the appliance
 
-if TYPE_CHECKING:
-    from appliance.sources.microphone import AudioPeriod
+
+
+class PcmPeriod(Protocol):
+    """What :meth:`CryDetector.push_period` reads from a microphone period (the device's ``AudioPeriod`` has it);
+    a protocol, so that models/ never imports the appliance that uses it."""
+
+    samples: np.ndarray
+    t_ns: int
+    gap_before: bool
 
 
 @dataclass(frozen=True)
@@ -192,8 +199,8 @@ class CryDetector:
             self._buf = np.concatenate([self._buf, x])
             return self._process()
 
-    def push_period(self, period: "AudioPeriod") -> list[CrySegment]:
-        """Feed an ``AudioPeriod`` from :mod:`appliance.sources.microphone` (usable directly as its sink)."""
+    def push_period(self, period: PcmPeriod) -> list[CrySegment]:
+        """Feed one microphone period (the device's ``AudioPeriod``; usable directly as its sink)."""
         return self.push(period.samples, period.t_ns, period.gap_before)
 
     def flush(self) -> list[CrySegment]:

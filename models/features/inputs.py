@@ -1,6 +1,6 @@
 """Raw window -> model inputs: the one conversion used by training, evaluation and the device.
 
-A window at the bedside (``appliance.windows``) and a window from a dataset (``models.data.loader``)
+A window at the bedside (``appliance.scoring.windows``) and a window from a dataset (``models.data.loader``)
 carry the same raw data — face crops, audio at its own rate, RR intervals and SpO2 with their times —
 and both come through :func:`model_inputs`, so the device feeds the engines exactly what training fed
 the network. Arrays are returned without a batch dimension, as numpy (engines take numpy).

@@ -18,7 +18,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from appliance import messages
+from appliance.mqtt import messages
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -37,7 +37,7 @@ SCORE_VALIDATOR = jsonschema.Draft202012Validator(messages.SCORE_SCHEMA)
 
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from appliance.simulate import synth_bed_cohort
+    from appliance.devtools.simulate import synth_bed_cohort
 
     return synth_bed_cohort(tmp_path_factory.mktemp("cohort"), minutes=0.5, seed=3, video_size=112)
 
@@ -75,7 +75,7 @@ def _score_ids(sub) -> dict[str, dict]:
 @pytest.mark.slow
 def test_scores_survive_broker_and_daemon_restarts(cohort: Path, model_dir: Path, broker_factory,
                                                    subscriber_factory, tmp_path: Path) -> None:
-    from appliance.simulate import SimulatedBed
+    from appliance.devtools.simulate import SimulatedBed
 
     broker = broker_factory(persistence=True)  # the subscriber's session survives the broker's restart
     sub = subscriber_factory(broker.port, ["neopain/e2e/bed-1/#"], persistent_id="e2e-collector")

@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.calibration_map import CalibrationError, CalibrationStage, load_calibration, write_calibration
+from appliance.scoring.calibration_map import CalibrationError, write_calibration
+from appliance.scoring.calibration_stage import CalibrationStage, load_calibration
+from appliance.scoring import bundles
 from calibration import bundle as B
 
 
@@ -36,24 +38,24 @@ def test_key_file_is_private_and_never_overwritten(key_file: Path) -> None:
 def test_sign_verify_and_every_refusal(key_file: Path) -> None:
     key = B.read_key(key_file)
     b = make(key)
-    v = B.verify_bundle(json.loads(json.dumps(b)), key, model_version="m-A")  # survives a JSON round trip
+    v = bundles.verify_bundle(json.loads(json.dumps(b)), key, model_version="m-A")  # survives a JSON round trip
     assert v.version == "site-v1" and v.map.apply(0.0) == pytest.approx(1.0)
     assert v.payload["fit"]["n_infants"] == 6 and v.payload["created_by"] == "tester"
 
     tampered = json.loads(json.dumps(b))
     tampered["payload"]["map"]["y"] = [2.0, 7.0]
     with pytest.raises(B.BundleError, match="signature.value.*tampered"):
-        B.verify_bundle(tampered, key)
+        bundles.verify_bundle(tampered, key)
     with pytest.raises(B.BundleError, match="key_id.*another device"):
-        B.verify_bundle(b, bytes(32))
+        bundles.verify_bundle(b, bytes(32))
     with pytest.raises(B.BundleError, match="model_version.*'m-A'.*'m-B'"):
-        B.verify_bundle(b, key, model_version="m-B")
+        bundles.verify_bundle(b, key, model_version="m-B")
     unsigned = {k: v for k, v in b.items() if k != "signature"}
     with pytest.raises(B.BundleError, match="signature: missing"):
-        B.verify_bundle(unsigned, key)
+        bundles.verify_bundle(unsigned, key)
     plain_map = b["payload"]["map"]
     with pytest.raises(B.BundleError, match="unsigned map is not accepted"):
-        B.verify_bundle(plain_map, key)
+        bundles.verify_bundle(plain_map, key)
     with pytest.raises(B.BundleError, match="version"):
         make(key, version="../etc")
 

@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance.buffers import ModalityBuffers, VitalsSample
+from appliance.scoring.buffers import ModalityBuffers, VitalsSample
 from appliance.clock import NS_PER_S
 from appliance.sources.face import FaceObservation
 from appliance.sources.microphone import AudioPeriod
-from appliance.windows import WindowBuilder, WindowConfig
+from appliance.scoring.windows import WindowBuilder, WindowConfig
 from calibration.capture_int8 import (EXIT_CONFIG, WindowCapture, add_capture_int8_arguments, default_out_dir,
                                       run_capture_int8)
-from calibration.commission_files import private_dir
+from calibration.commission.files import private_dir
 from models.configs import MODALITIES, tiny_config
 from models.estimator import INPUT_NAMES
 
@@ -132,7 +132,7 @@ def test_bad_config_or_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
 def test_capture_from_the_simulated_bed_reads_back_with_the_builders_reader(tmp_path: Path) -> None:
     import torch
 
-    from appliance.simulate import SimulatedBed, synth_bed_cohort
+    from appliance.devtools.simulate import SimulatedBed, synth_bed_cohort
     from models.engines.build import read_calibration_dir
     from models.estimator import create_pain_estimator
     from models.export import export_model_dir

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from calibration import bundle as B
-from calibration.fit import (FitRefused, Pair, add_fit_arguments, fit_calibration, fit_isotonic, fit_linear,
+from appliance.scoring.ratings import Pair
+from calibration.fit import (FitRefused, add_fit_arguments, fit_calibration, fit_isotonic, fit_linear,
                              read_pairs_csv, run_fit, write_pairs_csv, write_report)
 from models import stats
 

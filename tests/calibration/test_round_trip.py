@@ -36,6 +36,7 @@ from typing import Any, Callable
 import numpy as np
 import pytest
 
+from appliance.scoring import bundles
 from calibration import bundle as B
 
 APPLIANCE_TESTS = Path(__file__).resolve().parents[1] / "appliance"
@@ -154,7 +155,7 @@ class Site:
 
     def scores_after(self, t_utc: float, n: int, timeout: float, **match: Any) -> list[dict[str, Any]]:
         """The first ``n`` received scores whose window ends after ``t_utc`` (and whose fields equal ``match``)."""
-        from calibration.sessions import parse_time
+        from appliance.scoring.ratings import parse_time
 
         def ready() -> list[dict[str, Any]] | None:
             got = [s for s in self.scores() if parse_time(s["window"]["end_utc"]) > t_utc
@@ -197,7 +198,7 @@ def flip_a_map_byte(path: Path) -> None:
 @pytest.mark.slow
 def test_calibration_round_trip_through_the_running_daemon(cohort: Path, model_dir: Path, broker_factory,
                                                             subscriber_factory, tmp_path: Path) -> None:
-    from appliance.simulate import SimulatedBed
+    from appliance.devtools.simulate import SimulatedBed
 
     broker = broker_factory()
     sub = subscriber_factory(broker.port, [f"{PREFIX}/#"])
@@ -340,7 +341,8 @@ def test_calibration_round_trip_through_the_running_daemon(cohort: Path, model_d
 def test_fit_with_identical_ratings_signs_a_bundle(tmp_path: Path) -> None:
     """Found by the round trip: a nearly constant raw score rated the same by every nurse leaves ICC undefined
     (zero variance); the fit summary must carry that as null, not NaN, or the bundle cannot be signed."""
-    from calibration.fit import Pair, fit_calibration, write_report
+    from appliance.scoring.ratings import Pair
+    from calibration.fit import fit_calibration, write_report
 
     rng = np.random.default_rng(0)
     pairs = [Pair(float(3.2 + 0.1 * rng.random()), 4.0, f"RN{i % 2}", f"I{i % 3}") for i in range(21)]
@@ -350,5 +352,5 @@ def test_fit_with_identical_ratings_signs_a_bundle(tmp_path: Path) -> None:
     key = B.read_key(B.generate_key(tmp_path / "k"))
     b = B.make_bundle(version="v1", model_version="m", x=list(result.map.x), y=list(result.map.y), key=key,
                       method="linear", fit=summary)
-    assert B.verify_bundle(json.loads(json.dumps(b)), key).payload["fit"]["icc_after"] is None
+    assert bundles.verify_bundle(json.loads(json.dumps(b)), key).payload["fit"]["icc_after"] is None
     assert "| ICC(A,1) device vs nurse | " in write_report(result, pairs, tmp_path)["markdown"].read_text()

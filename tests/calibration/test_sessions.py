@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from appliance import messages
-from appliance.pipeline import CycleResult
-from calibration.sessions import (COMMANDS, CalibrationRecorder, SessionError, SessionStore, add_rate_arguments,
-                                  parse_time, run_rate)
+from appliance.mqtt import messages
+from appliance.scoring.pipeline import CycleResult
+from appliance.scoring.ratings import COMMANDS, CalibrationRecorder, SessionError, SessionStore, parse_time
+from calibration.sessions import add_rate_arguments, run_rate
 
 T0 = parse_time("2024-05-01T10:00:00Z")
 

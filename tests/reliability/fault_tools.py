@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from appliance.simulate import PcmPipeFeeder, write_alsa_file_config
+from appliance.devtools.simulate import PcmPipeFeeder, write_alsa_file_config
 from appliance.sources.microphone import wait_until as _wait_until
 from daemon_harness import DaemonProcess, NotifySocket
 

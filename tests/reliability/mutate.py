@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-_CONFTEST = Path(__file__).resolve().parents[1] / "appliance" / "monitor" / "conftest.py"
+_CONFTEST = Path(__file__).resolve().parents[1] / "appliance" / "sources" / "monitor" / "conftest.py"
 _spec = importlib.util.spec_from_file_location("neopain_monitor_test_helpers", _CONFTEST)
 _helpers = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 if not hasattr(_helpers, "apply_mutations"):

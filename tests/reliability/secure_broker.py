@@ -29,7 +29,7 @@ make_pki = _publish_tests.make_pki
 SITE = "sec"
 BEDS = ("bed-12", "bed-13")
 STATION = ("station", "st4tion-pw")
-#: Leaves a bed publishes under ``neopain/<site>/<bed>/`` (appliance/publish.py).
+#: Leaves a bed publishes under ``neopain/<site>/<bed>/`` (appliance/mqtt/publisher.py).
 BED_LEAVES = ("score", "status", "health", "vitals")
 
 

@@ -50,7 +50,7 @@ model_dir = _e2e.model_dir
 @pytest.fixture
 def rig(cohort: Path, broker_factory, subscriber_factory, tmp_path: Path) -> Iterator[Rig]:
     """Broker (persistent) <- proxy <- daemon; bed with a private camera file and a pausable ALSA feed."""
-    from appliance.simulate import SimulatedBed
+    from appliance.devtools.simulate import SimulatedBed
 
     broker = broker_factory(persistence=True)
     sub = subscriber_factory(broker.port, ["neopain/rel/bed-1/#"], persistent_id=f"rel-{tmp_path.name}")
@@ -208,7 +208,7 @@ def test_broker_network_and_clock_faults(rig: Rig, model_dir: Path, record_resul
                   f"method: LD_PRELOAD shim shifting CLOCK_REALTIME of the daemon only (libfaketime 0.9.10 breaks "
                   f"Python 3.11 sleeps; the shared machine clock is not touched); window steps {min(steps):.2f}-"
                   f"{max(steps):.2f} s; UTC hours seen {sorted(hours)}; outbox dropped_expired {expired} "
-                  f"(before the fix in appliance/outbox.py the +1 h step expired the queued rows)", ok,
+                  f"(before the fix in appliance/mqtt/outbox.py the +1 h step expired the queued rows)", ok,
                   produced=produced, delivered=delivered, lost=lost)
     assert ok, d.text()[-3000:]
     assert d.terminate() == 0
@@ -218,7 +218,7 @@ def test_broker_network_and_clock_faults(rig: Rig, model_dir: Path, record_resul
 def test_source_faults_and_sighup(rig: Rig, model_dir: Path, record_result, tmp_path: Path) -> None:
     """Camera file vanishes and returns; ALSA capture goes silent-dead and returns; serial cable pulled and
     replugged; the monitor speaks garbage; SIGHUP with a bad calibration bundle."""
-    from appliance.calibration_map import write_calibration
+    from appliance.scoring.calibration_map import write_calibration
 
     cal = tmp_path / "cal" / "map.json"
     cal.parent.mkdir()
@@ -526,7 +526,7 @@ def test_outbox_ages_rows_by_the_monotonic_clock_within_a_boot(tmp_path: Path) -
     from before the monotonic columns opens and keeps working."""
     import sqlite3
 
-    from appliance.outbox import Outbox
+    from appliance.mqtt.outbox import Outbox
 
     S = 1_000_000_000
     with Outbox(tmp_path / "o.sqlite3") as ob:

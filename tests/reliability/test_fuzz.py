@@ -24,7 +24,7 @@ from typing import Callable
 
 import pytest
 
-from appliance import messages
+from appliance.mqtt import messages
 from appliance.config import Config, ConfigError, parse_config, render_toml
 from appliance.sources.monitor import intellivue_protocol as proto
 from appliance.sources.monitor import masimo
@@ -43,7 +43,7 @@ SEED = 20260801
 
 # The IntelliVue tests' valid messages (association, MDS create, polls, numeric and wave replies).
 _spec = importlib.util.spec_from_file_location(
-    "neopain_intellivue_protocol_tests", HERE.parent / "appliance" / "monitor" / "test_intellivue_protocol.py")
+    "neopain_intellivue_protocol_tests", HERE.parent / "appliance" / "sources" / "monitor" / "test_intellivue_protocol.py")
 _ivp = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
 if not hasattr(_ivp, "_MESSAGES"):
     _spec.loader.exec_module(_ivp)  # type: ignore[union-attr]

@@ -21,7 +21,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from appliance import messages
+from appliance.mqtt import messages
 from appliance.config import ConfigError, check_config
 
 HERE = Path(__file__).resolve().parent
@@ -190,7 +190,7 @@ def _daemon_config(bed: Any, tmp_path: Path, model_dir: Path, mqtt_section: dict
 @pytest.mark.slow
 def test_tls_acl_commands_and_no_media_through_running_daemon(cohort: Path, model_dir: Path, secure_broker,
                                                                record_result, tmp_path: Path) -> None:
-    from appliance.simulate import SimulatedBed
+    from appliance.devtools.simulate import SimulatedBed
 
     broker, files = secure_broker
     station = Probe(broker.port, auth=STATION)
@@ -343,7 +343,7 @@ def test_tls_acl_commands_and_no_media_through_running_daemon(cohort: Path, mode
 @pytest.mark.slow
 def test_raw_media_only_where_configured_with_debug_on(cohort: Path, model_dir: Path, broker_factory,
                                                        subscriber_factory, record_result, tmp_path: Path) -> None:
-    from appliance.simulate import SimulatedBed
+    from appliance.devtools.simulate import SimulatedBed
 
     broker = broker_factory()
     sub = subscriber_factory(broker.port, [f"{PREFIX}/#"])
@@ -514,8 +514,8 @@ def test_station_key_from_config_reaches_the_publisher(broker_factory, tmp_path:
     """``mqtt.command_key_file`` (0600 hex) -> check_config -> the daemon's PublisherConfig -> a real Publisher on
     a real broker: only the signed command reaches the handler."""
     from appliance.config import command_key
-    from appliance.daemon import publisher_config
-    from appliance.publish import ConnectionState, Publisher
+    from appliance.wiring import publisher_config
+    from appliance.mqtt.publisher import ConnectionState, Publisher
 
     broker = broker_factory()
     key_file = tmp_path / "station.key"

@@ -1,4 +1,4 @@
-"""Soak (issue 8): leak and latency verdicts from ``appliance.soak`` on a real run and on constructed series.
+"""Soak (issue 8): leak and latency verdicts from ``appliance.devtools.soak`` on a real run and on constructed series.
 
 The constructed series check that each criterion catches the failure it exists for (and only that one); the
 slow test runs ``neopain soak`` for 90 s at the production cadence (2 s) against a real mosquitto and
@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from appliance import soak
-from appliance.measure import process_snapshot
+from appliance.devtools import soak
+from appliance.devtools.measure import process_snapshot
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -127,7 +127,7 @@ def test_delivery_counts_find_a_lost_score_and_ignore_those_made_after_listening
 
     doc = _doc(minutes=4.0)
     ids = [str(uuid.UUID(int=n)) for n in range(len(doc["scores"]) + 2)]
-    log = "\n".join(f"2026-01-01 00:00:00,000 INFO appliance.pipeline: score seq={n} id={i} nips=1.00"
+    log = "\n".join(f"2026-01-01 00:00:00,000 INFO appliance.scoring.pipeline: score seq={n} id={i} nips=1.00"
                      for n, i in enumerate(ids))  # two more made than the subscriber heard
     for n, row in enumerate(doc["scores"]):
         row.update(sequence=n, message_id=ids[n])

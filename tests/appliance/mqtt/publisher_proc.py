@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from appliance.publish import ConnectionState, Publisher, PublisherConfig
+from appliance.mqtt.publisher import ConnectionState, Publisher, PublisherConfig
 
 
 def main() -> None:
@@ -23,7 +23,8 @@ def main() -> None:
     args = ap.parse_args()
 
     cfg = PublisherConfig(host="127.0.0.1", port=args.port, site="test", bed="b1", device_id=args.device,
-                          outbox_path=args.outbox, reconnect_min_s=1, reconnect_max_s=1, health_interval_s=60)
+                          outbox_path=args.outbox, reconnect_min_s=1, reconnect_max_s=1, health_interval_s=60,
+                          score_expiry_s=60.0)
     pub = Publisher(cfg)
     pub.start()
     reported = False

@@ -8,7 +8,7 @@ import uuid
 import jsonschema
 import pytest
 
-from appliance import messages
+from appliance.mqtt import messages
 
 VALIDATOR = jsonschema.Draft202012Validator
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance.outbox import Outbox
+from appliance.mqtt.outbox import Outbox
 
 S = 1_000_000_000
 

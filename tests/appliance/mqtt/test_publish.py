@@ -14,8 +14,8 @@ from typing import Any
 import jsonschema
 import pytest
 
-from appliance import messages
-from appliance.publish import ConnectionState, Publisher, PublisherConfig
+from appliance.mqtt import messages
+from appliance.mqtt.publisher import ConnectionState, Publisher, PublisherConfig
 
 REPO = Path(__file__).resolve().parents[3]
 PROC = Path(__file__).with_name("publisher_proc.py")
@@ -27,7 +27,7 @@ STATUS_TOPIC = f"{PREFIX}/status"
 def config(tmp_path: Path, port: int, **over: Any) -> PublisherConfig:
     fields: dict[str, Any] = dict(host="127.0.0.1", port=port, site="test", bed="b1", device_id="bed-1",
                                   outbox_path=tmp_path / "outbox.db", reconnect_min_s=1, reconnect_max_s=1,
-                                  health_interval_s=60)
+                                  health_interval_s=60, score_expiry_s=60.0, publish_vitals=True)
     fields.update(over)
     return PublisherConfig(**fields)
 

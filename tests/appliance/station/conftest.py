@@ -18,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from appliance import hl7
+from appliance.station import hl7
 
 _spec = importlib.util.spec_from_file_location(
     "neopain_tests_mqtt_conftest", Path(__file__).resolve().parents[1] / "mqtt" / "conftest.py")
@@ -147,7 +147,8 @@ def fhir_server() -> Iterator[FhirServer]:
 def _make_score(*, nips: float = 3.5, items: dict[str, float] | None = None, device_id: str = "dev-1",
                 end_ago_s: float = 0.0, **kw: Any) -> dict[str, Any]:
     """A real score message from the device's own builder (so schema drift shows up here too)."""
-    from appliance import clock, messages
+    from appliance import clock
+    from appliance.mqtt import messages
 
     end = clock.now_ns() - int(end_ago_s * 1e9)
     fields: dict[str, Any] = dict(

@@ -8,7 +8,9 @@ from typing import Any
 
 import pytest
 
-from appliance import fhir, messages
+from appliance.station import fhir
+
+from appliance.mqtt import messages
 
 
 def test_observation_carries_the_score(make_score: Any) -> None:

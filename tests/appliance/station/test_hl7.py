@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from appliance import hl7
+from appliance.station import hl7
 
 
 def by_segment(message: str) -> dict[str, list[list[str]]]:

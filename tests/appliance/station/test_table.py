@@ -7,8 +7,9 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from appliance import messages, station
-from appliance.station import BedState, Board, ScorePoint, bed_row, render_table, trend
+from appliance.mqtt import messages, topics
+from appliance.station.board import TREND_NONE, BedState, Board, ScorePoint, score_age_s, trend
+from appliance.station.table import bed_row, render_table
 
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=timezone.utc)
 
@@ -38,7 +39,7 @@ def test_stale_score_never_shown_as_current() -> None:
     b = bed([point(6.0, 100), point(6.5, 95)], status="online")
     row = bed_row(b, NOW, stale_after_s=30, trend_window_s=300)
     assert row.stale and row.nips is None
-    assert row.cells[1] == "stale" and row.cells[2] == "-" and row.cells[3] == station.TREND_NONE
+    assert row.cells[1] == "stale" and row.cells[2] == "-" and row.cells[3] == TREND_NONE
     assert row.cells[4] == "1m35s"
     text = render_table([b], now=NOW, stale_after_s=30)
     assert "6.5" not in text and "stale" in text
@@ -46,9 +47,9 @@ def test_stale_score_never_shown_as_current() -> None:
 
 def test_late_delivery_or_slow_device_clock_cannot_make_a_score_fresh() -> None:
     # Window ended 2 s ago by the device clock but the station received it 60 s ago: it is 60 s old.
-    assert station.score_age_s(point(2.0, 2, received_ago_s=60), NOW) == pytest.approx(60)
+    assert score_age_s(point(2.0, 2, received_ago_s=60), NOW) == pytest.approx(60)
     # Device clock behind: window "ended" 90 s ago although it just arrived: treated as 90 s old.
-    assert station.score_age_s(point(2.0, 90, received_ago_s=0), NOW) == pytest.approx(90)
+    assert score_age_s(point(2.0, 90, received_ago_s=0), NOW) == pytest.approx(90)
     assert bed_row(bed([point(2.0, 90, received_ago_s=0)]), NOW, stale_after_s=30, trend_window_s=300).stale
 
 
@@ -126,9 +127,9 @@ def test_snapshot_is_a_copy() -> None:
 
 
 def test_parse_topic_and_site_filter() -> None:
-    assert station.parse_topic("neopain/s/b/score") == ("s", "b", "score")
-    assert station.parse_topic("neopain/s/b/vitals") is None
-    assert station.parse_topic("neopain/s/b/cmd/x") is None
-    assert station.topics_for("nicu") == ["neopain/nicu/+/score", "neopain/nicu/+/status", "neopain/nicu/+/health"]
+    assert topics.parse_topic("neopain/s/b/score") == ("s", "b", "score")
+    assert topics.parse_topic("neopain/s/b/vitals") is None
+    assert topics.parse_topic("neopain/s/b/cmd/x") is None
+    assert topics.station_filters("nicu") == ["neopain/nicu/+/score", "neopain/nicu/+/status", "neopain/nicu/+/health"]
     with pytest.raises(ValueError, match="--site"):
-        station.topics_for("a/b")
+        topics.station_filters("a/b", name="--site")

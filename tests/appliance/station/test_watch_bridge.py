@@ -12,8 +12,13 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from appliance import clock, fhir, hl7, messages, station
-from appliance.publish import ConnectionState, Publisher, PublisherConfig
+from appliance import clock
+from appliance.mqtt import messages
+from appliance.mqtt.publisher import ConnectionState, Publisher, PublisherConfig
+from appliance.station import fhir, hl7
+from appliance.station.bridge import Bridge, BridgeService, add_bridge_arguments, run_bridge
+from appliance.station.connection import BrokerOptions
+from appliance.station.watch import add_watch_arguments, run_watch
 
 MODS = {"video": {"used": True, "weight": 0.7}, "audio": {"used": False, "weight": 0.0},
         "vitals": {"used": True, "weight": 0.3}}
@@ -26,7 +31,8 @@ def device(tmp_path: Path) -> Iterator[Callable[..., Publisher]]:
 
     def make(port: int, bed: str, site: str = "nicu") -> Publisher:
         cfg = PublisherConfig(host="127.0.0.1", port=port, site=site, bed=bed, device_id=f"dev-{bed}",
-                              outbox_path=tmp_path / f"outbox-{site}-{bed}.db", health_interval_s=60)
+                              outbox_path=tmp_path / f"outbox-{site}-{bed}.db", health_interval_s=60,
+                              score_expiry_s=60.0)
         pub = Publisher(cfg, health_provider=lambda: {"sources": {"camera": True, "monitor": True}})
         pub.start()
         assert pub.wait_for(lambda p: p.state is ConnectionState.CONNECTED, 5), pub.last_error
@@ -65,9 +71,9 @@ def wait(pred: Callable[[], bool], timeout: float = 8.0) -> bool:
 def test_watch_once_shows_every_bed(broker: Any, device: Any) -> None:
     bed1, bed2, bed3 = device(broker.port, "1"), device(broker.port, "2"), device(broker.port, "3")
     out = io.StringIO()
-    args = parse(station.add_watch_arguments, ["--port", str(broker.port), "--once", "2.5", "--stale-after", "30"])
+    args = parse(add_watch_arguments, ["--port", str(broker.port), "--once", "2.5", "--stale-after", "30"])
     rc: list[int] = []
-    t = threading.Thread(target=lambda: rc.append(station.run_watch(args, out=out)))
+    t = threading.Thread(target=lambda: rc.append(run_watch(args, out=out)))
     t.start()
     # Scores are not retained: publish only once the watcher's subscription reached the broker.
     assert wait(lambda: "neopain/+/+/score" in broker.log_text()), broker.log_text()[-2000:]
@@ -90,29 +96,29 @@ def test_watch_site_filter(broker: Any, device: Any) -> None:
     device(broker.port, "1", site="nicu")
     device(broker.port, "1", site="other")
     out = io.StringIO()
-    args = parse(station.add_watch_arguments, ["--port", str(broker.port), "--once", "0.5", "--site", "nicu"])
-    assert station.run_watch(args, out=out) == 0
+    args = parse(add_watch_arguments, ["--port", str(broker.port), "--once", "0.5", "--site", "nicu"])
+    assert run_watch(args, out=out) == 0
     assert "nicu/1" in out.getvalue() and "other/1" not in out.getvalue()
 
 
 def test_watch_unreachable_broker_is_one_error_line(unused_port: int, capsys: Any) -> None:
-    args = parse(station.add_watch_arguments, ["--port", str(unused_port), "--once", "0", "--connect-timeout", "3"])
-    assert station.run_watch(args, out=io.StringIO()) == 2
+    args = parse(add_watch_arguments, ["--port", str(unused_port), "--once", "0", "--connect-timeout", "3"])
+    assert run_watch(args, out=io.StringIO()) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(unused_port) in err[0]
 
 
 def test_watch_refused_by_broker_is_an_error(broker_factory: Any, capsys: Any) -> None:
     b = broker_factory(["allow_anonymous false"])
-    args = parse(station.add_watch_arguments, ["--port", str(b.port), "--once", "0", "--connect-timeout", "3"])
-    assert station.run_watch(args, out=io.StringIO()) == 2
+    args = parse(add_watch_arguments, ["--port", str(b.port), "--once", "0", "--connect-timeout", "3"])
+    assert run_watch(args, out=io.StringIO()) == 2
     assert "refused" in capsys.readouterr().err
 
 
 def test_watch_bad_options(tmp_path: Path, capsys: Any) -> None:
     for argv, word in ([["--password-file", "x"], "--password-file"], [["--tls-ca", str(tmp_path / "no.pem")], "--tls-ca"],
                        [["--stale-after", "0"], "--stale-after"]):
-        assert station.run_watch(parse(station.add_watch_arguments, argv), out=io.StringIO()) == 2
+        assert run_watch(parse(add_watch_arguments, argv), out=io.StringIO()) == 2
         assert word in capsys.readouterr().err
 
 
@@ -120,9 +126,9 @@ def test_watch_bad_options(tmp_path: Path, capsys: Any) -> None:
 def test_bridge_delivers_each_score_once_to_fhir_and_mllp(broker: Any, device: Any, mllp_server: Any,
                                                           fhir_server: Any, raw_publish: Any) -> None:
     mllp_server.drop_first = 1  # the hospital side drops the first connection: the bridge must retry
-    bridge = station.Bridge(fhir_sink=fhir.FhirHttpSink(fhir_server.url, timeout_s=3),
+    bridge = Bridge(fhir_sink=fhir.FhirHttpSink(fhir_server.url, timeout_s=3),
                             mllp=hl7.MllpClient("127.0.0.1", mllp_server.port, timeout_s=3), retry_min_s=0.05)
-    service = station.BridgeService(bridge, station.BrokerOptions(port=broker.port))
+    service = BridgeService(bridge, BrokerOptions(port=broker.port))
     service.start(5)
     try:
         pub = device(broker.port, "4")
@@ -151,7 +157,7 @@ def test_bridge_persistent_session_gets_scores_published_while_it_was_down(
     argv = ["--port", str(broker.port), "--client-id", "bridge-test", "--fhir-out", str(out)]
 
     def run_for(seconds: float) -> int:
-        return station.run_bridge(parse(station.add_bridge_arguments, argv + ["--duration", str(seconds)]))
+        return run_bridge(parse(add_bridge_arguments, argv + ["--duration", str(seconds)]))
 
     assert run_for(0.3) == 0  # creates the session and its subscription
     pub = device(broker.port, "5")
@@ -170,8 +176,8 @@ def test_bridge_holds_a_score_until_the_hospital_side_takes_it(broker: Any, devi
                                                                 unused_port: int) -> None:
     """MLLP receiver down: the score is retried, not dropped, and delivered once the receiver is back."""
     client = hl7.MllpClient("127.0.0.1", unused_port, timeout_s=1)
-    bridge = station.Bridge(mllp=client, retry_min_s=0.05, retry_max_s=0.2)
-    service = station.BridgeService(bridge, station.BrokerOptions(port=broker.port))
+    bridge = Bridge(mllp=client, retry_min_s=0.05, retry_max_s=0.2)
+    service = BridgeService(bridge, BrokerOptions(port=broker.port))
     service.start(5)
     try:
         pub = device(broker.port, "6")
@@ -186,26 +192,26 @@ def test_bridge_holds_a_score_until_the_hospital_side_takes_it(broker: Any, devi
 
 
 def test_bridge_needs_an_output(capsys: Any) -> None:
-    assert station.run_bridge(parse(station.add_bridge_arguments, [])) == 2
+    assert run_bridge(parse(add_bridge_arguments, [])) == 2
     assert "--fhir-out" in capsys.readouterr().err
-    assert station.run_bridge(parse(station.add_bridge_arguments, ["--mllp", "nohost"])) == 2
+    assert run_bridge(parse(add_bridge_arguments, ["--mllp", "nohost"])) == 2
     assert "--mllp" in capsys.readouterr().err
 
 
 def test_unacknowledged_score_is_redelivered_to_a_restarted_bridge(broker: Any, device: Any, mllp_server: Any,
                                                                     unused_port: int) -> None:
     """The bridge acks the broker only after delivery: stopped mid-retry, the next bridge gets the score."""
-    options = station.BrokerOptions(port=broker.port, client_id="bridge-restart")
-    first = station.Bridge(mllp=hl7.MllpClient("127.0.0.1", unused_port, timeout_s=1), retry_min_s=0.05)
-    service = station.BridgeService(first, options)
+    options = BrokerOptions(port=broker.port, client_id="bridge-restart")
+    first = Bridge(mllp=hl7.MllpClient("127.0.0.1", unused_port, timeout_s=1), retry_min_s=0.05)
+    service = BridgeService(first, options)
     service.start(5)
     pub = device(broker.port, "7")
     sent = score(pub, 5.0)
     assert wait(lambda: first.stats.retries >= 2)
     service.stop()  # like a crash from the broker's point of view: no PUBACK was sent
     assert first.stats.delivered == 0
-    second = station.Bridge(mllp=hl7.MllpClient("127.0.0.1", mllp_server.port, timeout_s=2))
-    service = station.BridgeService(second, options)
+    second = Bridge(mllp=hl7.MllpClient("127.0.0.1", mllp_server.port, timeout_s=2))
+    service = BridgeService(second, options)
     service.start(5)
     try:
         assert wait(lambda: second.stats.delivered == 1), second.stats
@@ -220,8 +226,8 @@ def test_watch_live_mode_redraws_until_interrupted(broker: Any, device: Any) -> 
     import sys
 
     pub = device(broker.port, "8")
-    code = ("import sys, argparse; from appliance import station; p = argparse.ArgumentParser(); "
-            "station.add_watch_arguments(p); sys.exit(station.run_watch(p.parse_args(sys.argv[1:])))")
+    code = ("import sys, argparse; from appliance.station import watch; p = argparse.ArgumentParser(); "
+            "watch.add_watch_arguments(p); sys.exit(watch.run_watch(p.parse_args(sys.argv[1:])))")
     proc = subprocess.Popen([sys.executable, "-c", code, "--port", str(broker.port), "--refresh", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[3])
     try:
@@ -248,9 +254,9 @@ def test_watch_with_password(broker_factory: Any, tmp_path: Path, capsys: Any) -
     good.write_text("s3cret\n")
     bad.write_text("guess\n")
     base = ["--port", str(b.port), "--once", "0", "--connect-timeout", "3", "--username", "station"]
-    assert station.run_watch(parse(station.add_watch_arguments, base + ["--password-file", str(good)]),
+    assert run_watch(parse(add_watch_arguments, base + ["--password-file", str(good)]),
                              out=io.StringIO()) == 0
-    assert station.run_watch(parse(station.add_watch_arguments, base + ["--password-file", str(bad)]),
+    assert run_watch(parse(add_watch_arguments, base + ["--password-file", str(bad)]),
                              out=io.StringIO()) == 2
     assert "refused" in capsys.readouterr().err
 
@@ -282,10 +288,10 @@ def test_watch_over_tls_with_client_certificate(broker_factory: Any, tmp_path: P
     certs = ["--tls-cert", str(pki / "good-client.crt"), "--tls-key", str(pki / "good-client.key")]
     base = ["--port", str(tls_port), "--once", "0", "--connect-timeout", "3"]
     out = io.StringIO()
-    assert station.run_watch(parse(station.add_watch_arguments,
+    assert run_watch(parse(add_watch_arguments,
                                    base + ["--tls-ca", str(pki / "good-ca.crt")] + certs), out=out) == 0
     assert "beds:" in out.getvalue()
-    assert station.run_watch(parse(station.add_watch_arguments,
+    assert run_watch(parse(add_watch_arguments,
                                    base + ["--tls-ca", str(pki / "other-ca.crt")] + certs), out=io.StringIO()) == 2
     assert "certificate verify failed" in capsys.readouterr().err
 

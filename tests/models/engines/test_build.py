@@ -94,29 +94,6 @@ def test_exits_non_zero_with_a_reason_without_tensorrt(exported_tiny, tmp_path: 
     assert "TensorRT engines cannot be built here" in err and TRT_REASON in err
 
 
-def write_config(path: Path, model_dir: Path, cache: Path, backends: str, model_config: str = "tiny") -> Path:
-    path.write_text(
-        f'[scoring]\nmodel_dir = "{model_dir}"\nengine_cache_dir = "{cache}"\n'
-        f'backends = [{backends}]\nmodel_config = "{model_config}"\n'
-    )
-    return path
-
-
-def test_config_file_supplies_the_directories(exported_tiny, tmp_path: Path, capsys) -> None:
-    model_dir = exported_tiny[0]
-    cpu_only = write_config(tmp_path / "cpu.toml", model_dir, tmp_path / "cache", '"onnxruntime", "torch"')
-    assert run_build_engines(parse(["--config", str(cpu_only)])) == 0
-    assert "nothing to build" in capsys.readouterr().out
-    mismatch = write_config(tmp_path / "full.toml", model_dir, tmp_path / "cache", '"onnxruntime"', "full")
-    assert run_build_engines(parse(["--config", str(mismatch)])) == 1
-    assert "scoring.model_config is 'full'" in capsys.readouterr().err
-    if not TRT_OK:
-        with_trt = write_config(tmp_path / "trt.toml", model_dir, tmp_path / "cache", '"tensorrt", "onnxruntime"')
-        assert run_build_engines(parse(["--config", str(with_trt)])) == EXIT_UNAVAILABLE
-    assert run_build_engines(parse([])) == 1
-    assert "--model-dir" in capsys.readouterr().err
-
-
 # ------------------------------------------------------------------------------------------ GPU only
 
 gpu = pytest.mark.gpu

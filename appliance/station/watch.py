@@ -1,0 +1,81 @@
+"""``neopain watch``: a live table of every bed on the ward broker, for the central station.
+
+Glue only, so each layer stays testable on its own: ``StationConnection`` feeds every message into a
+``Board`` on paho's thread, and this loop draws ``render_table`` of a snapshot every ``--refresh`` seconds (or
+once, with ``--once``, for logs and tests). While the broker is gone the title says NOT CONNECTED, so an old
+table is never mistaken for a live one; the scores themselves turn stale by age (see ``table``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from appliance.mqtt import topics
+from appliance.station.board import Board
+from appliance.station.connection import BrokerOptions, StationConnection, add_broker_arguments
+from appliance.station.table import render_table
+
+
+def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``neopain watch``: the broker group plus how to display."""
+    add_broker_arguments(parser)
+    g = parser.add_argument_group("display")
+    g.add_argument("--stale-after", type=float, default=30.0, metavar="S",
+                   help="a score older than S seconds is shown as stale (default: 30)")
+    g.add_argument("--trend-window", type=float, default=300.0, metavar="S",
+                   help="trend arrow from the NIPS slope over the last S seconds (default: 300)")
+    g.add_argument("--refresh", type=float, default=1.0, metavar="S", help="redraw every S seconds (default: 1)")
+    g.add_argument("--once", type=float, metavar="S",
+                   help="print the table once after listening S seconds, then exit (for logs and tests)")
+    g.add_argument("--plain", action="store_true", help="no ANSI colours or screen redraw")
+    g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
+                   help="give up when the broker does not accept us within S seconds (default: 10)")
+
+
+def run_watch(args: argparse.Namespace, *, out: Any = None) -> int:
+    """``neopain watch``: returns 0, or 2 with one error line when the broker cannot be used."""
+    out = out or sys.stdout
+    for name in ("stale_after", "trend_window", "refresh", "connect_timeout"):
+        if not getattr(args, name) > 0:
+            print(f"neopain watch: --{name.replace('_', '-')} must be > 0", file=sys.stderr)
+            return 2
+    try:
+        options = BrokerOptions.from_args(args)
+        filters = topics.station_filters(args.site, name="--site")
+        board = Board()
+        conn = StationConnection(options, filters, lambda msg, gen: board.ingest(
+            msg.topic, bytes(msg.payload), datetime.now(timezone.utc)))
+    except (ValueError, OSError) as exc:
+        print(f"neopain watch: {exc}", file=sys.stderr)
+        return 2
+    conn.start()
+    try:
+        conn.wait_ready(args.connect_timeout)
+    except ConnectionError as exc:
+        print(f"neopain watch: {exc}", file=sys.stderr)
+        conn.stop()
+        return 2
+
+    def draw(color: bool) -> str:
+        title = "neopain watch" + ("" if conn.connected.is_set() else f"  [NOT CONNECTED: {conn.error or 'reconnecting'}]")
+        return render_table(board.snapshot(), now=datetime.now(timezone.utc), stale_after_s=args.stale_after,
+                            trend_window_s=args.trend_window, color=color, title=title)
+
+    try:
+        if args.once is not None:
+            time.sleep(max(0.0, args.once))
+            out.write(draw(color=False))
+            out.flush()
+            return 0
+        while True:
+            text = draw(color=not args.plain)
+            out.write(text + "\n" if args.plain else "\x1b[H\x1b[2J" + text)
+            out.flush()
+            time.sleep(args.refresh)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        conn.stop()
