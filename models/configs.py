@@ -162,7 +162,7 @@ def tiny_config() -> ModelConfig:
     VGGish at 1/16 width. The fusion's modality dropout is 0.1, not the full model's 0.25: with ~100
     training windows per fold, hiding a quarter of the inputs removes much of a small training signal,
     and the synthetic data already has real missing faces and silent cries. (Not yet shown to matter:
-    on one fold 0.0 and 0.1 gave similar results; see issue 3.)
+    on one fold 0.0 and 0.1 gave similar results.)
     """
     return ModelConfig(
         name="tiny",

@@ -34,7 +34,7 @@ head had to re-learn it through attention. Measured on the CI cohort (24 synthet
 folds, tiny config, 12 epochs, seed 0): MAE 1.806 without the unimodal path, 1.241 with it (early fusion
 1.234). On the larger 36-infant benchmark (20 epochs) the two designs are within seed noise of each other
 (seeds 0/1: 1.041/1.242 with it, 0.930/1.292 without) and early fusion is ahead of both (0.958/1.029), so
-the cross-modal attention has not yet shown a gain on the synthetic cohort (issue 3). Keeping the unimodal
+the cross-modal attention has not yet shown a gain on the synthetic cohort. Keeping the unimodal
 path makes the model early fusion *plus* cross-modal attention, so attention can only add what the pooled
 features lack (who-cries-while-grimacing timing, a modality to discount).
 

@@ -45,7 +45,7 @@ SCORE_LINE = re.compile(r"score seq=(\d+) id=([0-9a-f-]{36})")
 class SoakCriteria:
     """Thresholds of a soak verdict.
 
-    Defaults are for the 30-minute run. ``rss_growth_max`` 5 % is issue 8's number. ``fd_slack`` /
+    Defaults are for the 30-minute run. ``rss_growth_max`` 5 %: the RSS growth the reliability requirements allow over 30 minutes. ``fd_slack`` /
     ``thread_slack``: the daemon legitimately opens a few short-lived descriptors and threads (MQTT
     reconnect, outbox transactions, ONNX Runtime's pool waking) -- a handful, never a growing count.
     ``trend_max``: the fitted line may rise by less than 2 over the whole run, i.e. a leak of one per

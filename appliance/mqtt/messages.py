@@ -241,7 +241,7 @@ def encode(message: Mapping[str, Any]) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------- commands
-# Who may command a bed, and how the device checks it (issue 8).
+# Who may command a bed, and how the device checks it.
 #
 # Authentication is layered. (1) The broker is the gate: ``allow_anonymous false``, TLS, and an ACL in which
 # only the central station's user may write ``neopain/<site>/<bed>/cmd/#`` and each bed's user may only write

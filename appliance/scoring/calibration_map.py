@@ -6,8 +6,8 @@ retraining and without changing the ranking of scores. Without an installed bund
 identity and every score says ``calibration_version: "uncalibrated"`` (plus the quality flag
 ``uncalibrated``), so nobody mistakes a factory model for a site-calibrated one.
 
-Bundle payload (placeholder, version 1). This is the *payload* the calibration issue will wrap in a signed
-bundle; signing, the fit summary and who/when belong to ``calibration/bundle.py`` and are not checked here::
+Map payload (format version 1): what a signed bundle carries as its ``map`` (signing, the fit summary and
+who/when are :mod:`appliance.scoring.bundles` and ``calibration/bundle.py``; they are not checked here)::
 
     {
       "format": "neopain-calibration-map",
@@ -24,8 +24,8 @@ bundle's layout, ``/var/lib/neopain/calibration/current/map.json``). A configure
 means "not installed yet" (identity, logged); a file that exists but is invalid is an error: at start the
 daemon refuses to run, on SIGHUP the previous map stays active.
 
-Signed bundles (``calibration/bundle.py``): a folder holding ``bundle.json`` (or that file itself) is a signed
-bundle; it is verified with the device key (``key_file``) and its model version must match the engines'.
+Loading (:mod:`appliance.scoring.calibration_stage`): a folder holding ``bundle.json`` (or that file itself) is a
+signed bundle (:mod:`appliance.scoring.bundles`); it is verified with the device key (``key_file``) and its model version must match the engines'.
 With ``require_signature`` (the daemon sets it once a device key is configured), a plain unsigned
 ``map.json`` is refused too. Refusals are :class:`CalibrationError` like any invalid file, so the stage keeps
 the previous map on SIGHUP.

@@ -10,7 +10,7 @@ each with ``present`` (data in the window; spans are half-open, (t - span, t]), 
 buffer still holds data inside the window span (data are kept for logging, flagged).
 
 Independent of model code on purpose: it returns raw data (uint8 BGR crops, float audio in [-1, 1], vitals
-arrays); normalisation and features live in ``models/features.py``.
+arrays); normalisation and features live in ``models/features/`` (``inputs.py`` is the one conversion).
 """
 from __future__ import annotations
 
