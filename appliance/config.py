@@ -606,20 +606,37 @@ def _read_secret(path: Path, what: str, *, check_others: bool, loc: _Locator | N
         raise fail(f"cannot read secret {path} ({what}): {exc.strerror}") from None
 
 
+def password_from_text(text: str, where: str) -> str:
+    """The password a secret file holds: its first line, without the line ending (``echo secret > file``).
+
+    The one rule for every reader (``config check``, the device's publisher, the station's
+    ``--password-file``), so that what ``check`` accepts is what ``run`` sends. An empty first line is
+    refused: a broker would see an empty password, not a missing one.
+    """
+    lines = text.splitlines()
+    if not lines or not lines[0]:
+        raise ValueError(f"{where}: the password file is empty (its first line is the password)")
+    return lines[0]
+
+
 def mqtt_password(config: Config, *, _loc: _Locator | None = None) -> str | None:
     """The broker password (systemd credential first, then ``mqtt.password_file``), or None when not set.
 
-    Trailing newlines are stripped (``echo secret > file``); the value is never stored on the Config so that
-    it cannot end up in a repr, a log line or a health message.
+    Read by :func:`password_from_text`; the value is never stored on the Config so that it cannot end up in a
+    repr, a log line or a health message.
     """
     path, what = secret_path(config, config.mqtt.password_credential, "password_file")
     if path is None or not config.mqtt.username:
         return None
-    raw = _read_secret(path, what, check_others=what.startswith("mqtt."), loc=_loc, key=("mqtt", "password_file"))
+    key = ("mqtt", "password_file")
+    raw = _read_secret(path, what, check_others=what.startswith("mqtt."), loc=_loc, key=key)
     try:
-        return raw.decode("utf-8").rstrip("\r\n")
+        return password_from_text(raw.decode("utf-8"), f"secret {path} ({what})")
     except UnicodeDecodeError:
-        raise ConfigError(f"secret {path} is not UTF-8 text", key="mqtt.password_file") from None
+        message = f"secret {path} ({what}) is not UTF-8 text"
+    except ValueError as exc:
+        message = str(exc)
+    raise _loc.error(key, message) if _loc else ConfigError(message, key=".".join(key))
 
 
 def mqtt_tls_keyfile(config: Config, *, _loc: _Locator | None = None) -> Path | None:

@@ -148,8 +148,8 @@ def build(config: Config, *, engines: Any, model_config: Any, publisher: Any, wa
     builder = WindowBuilder(buffers, window_config(config), cry=cry)
     recorder = open_rating_recorder(config)
     pipeline = ScoringPipeline(builder, engines, calibration, publisher, model_config=model_config,
-                               model_version=engines.model_version, config=pipeline_config(config),
-                               watchdog=watchdog, on_cycle=recorder.on_cycle if recorder is not None else None)
+                               config=pipeline_config(config), watchdog=watchdog,
+                               on_cycle=recorder.on_cycle if recorder is not None else None)
     return ScoringGraph(buffers, cry, sources, builder, calibration, recorder, pipeline)
 
 

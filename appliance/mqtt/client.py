@@ -13,17 +13,19 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from appliance.config import password_from_text
+
 
 def read_password(path: Path) -> str:
-    """First line of the password file (systemd credential or 0600 file), without its line ending."""
+    """The password in a file (systemd credential or 0600 file), by the config's one rule
+    (:func:`appliance.config.password_from_text`: the first line, not empty)."""
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise OSError(f"mqtt.password_file {path}: cannot read ({exc.strerror or exc})") from exc
-    lines = text.splitlines()
-    if not lines or not lines[0]:
-        raise ValueError(f"mqtt.password_file {path}: empty")
-    return lines[0]
+    except UnicodeDecodeError:
+        raise ValueError(f"mqtt.password_file {path}: not UTF-8 text") from None
+    return password_from_text(text, f"mqtt.password_file {path}")
 
 
 def make_client(*, client_id: str, logger_name: str, username: str | None = None, password: str | None = None,

@@ -220,27 +220,24 @@ class ScoringPipeline:
     def __init__(
         self,
         builder: WindowBuilder,
-        engines: ScoringEngines | None,
+        engines: ScoringEngines,
         calibration: CalibrationStage,
         sink: ScoreSink,
         *,
         model_config: Any,
-        model_version: str | None = None,
         config: PipelineConfig | None = None,
         watchdog: Any = None,
         on_cycle: Callable[[CycleResult], None] | None = None,
-        engine_error: str | None = None,
     ) -> None:
         self.builder = builder
         self.engines = engines
         self.calibration = calibration
         self.sink = sink
         self.model_config = model_config
-        self.model_version = model_version or getattr(engines, "model_version", None) or "unknown"
+        self.model_version = getattr(engines, "model_version", None) or "unknown"
         self.config = config or PipelineConfig()
         self.watchdog = watchdog
         self.on_cycle = on_cycle
-        self.engine_error = engine_error  # set when the engines could not be loaded: every cycle is no_score
         self.stats = PipelineStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -320,9 +317,6 @@ class ScoringPipeline:
         window, verdict = prepared.window, prepared.verdict
         with self._lock:
             self._presence = dict(verdict.presence)
-        if self.engines is None:
-            return self._no_score(t, verdict, f"engines not loaded: {self.engine_error or 'unknown error'}",
-                                  progressed=False)
         if prepared.inputs is None or prepared.refusal is not None:
             return self._no_score(t, verdict, prepared.refusal or "nothing to score")
         t1 = time.perf_counter()
@@ -461,7 +455,7 @@ class ScoringPipeline:
         return {
             "state": state,
             "detail": text[:500] if text else None,
-            "engine_backend": getattr(self.engines, "backend", None) if self.engines is not None else None,
+            "engine_backend": getattr(self.engines, "backend", None),
         }
 
     def presence(self) -> dict[str, bool]:

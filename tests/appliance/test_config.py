@@ -182,6 +182,23 @@ def test_secret_readable_by_others_is_refused(tmp_path: Path) -> None:
     assert "hunter2" not in repr(config)
 
 
+def test_password_file_is_read_by_one_rule_for_check_and_run(tmp_path: Path) -> None:
+    """`config check` and the publisher read a password file alike: its first line; an empty one is refused
+    by check (before, check accepted it and `run` then failed)."""
+    from appliance.mqtt.client import read_password
+
+    secret = write(tmp_path, "first\nsecond\n", name="pw", mode=0o600)
+    text = GOOD + f'username = "bed3"\npassword_file = "{secret.name}"\n'
+    config = check_config(write(tmp_path, text))
+    assert cfg.mqtt_password(config) == read_password(secret) == "first"
+    secret.write_text("\n")
+    err = error_of(tmp_path, text)
+    assert err.key == "mqtt.password_file" and err.line == line_of(text, "password_file")
+    assert "empty" in err.message
+    with pytest.raises(ValueError, match="empty"):
+        read_password(secret)
+
+
 def test_unreadable_or_missing_secret_is_refused(tmp_path: Path) -> None:
     text = GOOD + 'username = "bed3"\npassword_file = "secrets/absent"\n'
     err = error_of(tmp_path, text)
