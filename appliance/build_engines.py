@@ -3,9 +3,9 @@
 Why this wrapper lives in appliance/: ``models.engines.build`` builds TensorRT engines from a model folder and
 knows nothing about the appliance (models/ is the bottom layer). The device's
 ``neopain-engines.service`` runs ``neopain build-engines --config /etc/neopain/appliance.toml``: this module
-reads ``scoring.model_dir``, ``engine_cache_dir``, ``model_config`` and ``backends`` from that file (flags
-override the folders), refuses a model of another size, and builds nothing when TensorRT is not among the
-configured backends (it only verifies the exported parts then).
+reads ``scoring.model_dir``, ``engine_cache_dir``, ``model_config``, ``backends`` and ``precision`` from that
+file (flags override the folders and the precision), refuses a model of another size, and builds nothing
+when TensorRT is not among the configured backends (it only verifies the exported parts then).
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def run_build_engines(args: argparse.Namespace) -> int:
             scoring = load_config(args.config).scoring
             args.model_dir = args.model_dir or scoring.model_dir
             args.cache_dir = args.cache_dir or scoring.engine_cache_dir
+            args.precision = args.precision or scoring.precision
             manifest = read_manifest(args.model_dir)
             if manifest.config_name != scoring.model_config:
                 raise EngineError(

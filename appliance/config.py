@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import json
+import math
 import os
 import re
 import stat
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from appliance.mqtt import topics
+from appliance.textcut import cut
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -65,26 +68,33 @@ class ConfigError(ValueError):
         super().__init__(self.one_line())
 
     def one_line(self) -> str:
-        where = self.file or "<config>"
+        where = _shown(self.file or "<config>")
         if self.line is not None:
             where += f":{self.line}"
         prefix = f"{where}: "
         if self.key:
-            prefix += f"{self.key}: "
+            prefix += f"{_shown(self.key, 120)}: "  # an unknown key can be any length
         return (prefix + self.message).replace("\n", " ")
+
+
+def _shown(text: str, limit: int = 256) -> str:
+    """A path or key as it is when of a usual length, else cut with its length (``appliance/textcut.py``)."""
+    return text if len(text) <= limit else cut(text, limit)
 
 
 def spec(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
          choices: tuple[Any, ...] | None = None, pattern: str | None = None, unique: bool = False,
-         min_items: int | None = None, path: bool = False) -> Any:
+         min_items: int | None = None, path: bool = False, host: bool = False) -> Any:
     """A dataclass field with its validation and documentation in ``metadata``.
 
     ``min``/``max`` are inclusive bounds on numbers; ``choices`` restricts a value (or each list item);
     ``pattern`` is a regex a string must match; ``path`` marks strings that are file paths (resolved
-    against the config file's folder when relative; empty means "not set").
+    against the config file's folder when relative; empty means "not set"); ``host`` marks a network host:
+    an IP address or an RFC 1123 host name. Every number must be finite (NaN and ±inf compare false with
+    every bound, so they are refused before any bound is checked).
     """
     meta = {"doc": doc, "min": min, "max": max, "choices": choices, "pattern": pattern, "unique": unique,
-            "min_items": min_items, "path": path}
+            "min_items": min_items, "path": path, "host": host}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -118,7 +128,13 @@ class CameraSection:
                                "match the model: 224 full, 64 tiny).", min=32, max=1024)
     loop: bool = spec(False, "Replay a video-file source from its start when it ends (simulated bed only).")
     face_roi: list[int] = spec([], "Fixed face region [x, y, width, height] in pixels, for a camera mounted over "
-                               "the cot framing the face; empty = detect and track the face.", min=0, max=7680)
+                               "the cot framing the face: the crop is always this region, while the face detector "
+                               "finds a face inside it; empty = detect and track the face in the whole frame. A "
+                               "region beyond the camera's frame is refused at the first frame.", min=0, max=7680)
+    face_detector: str = spec("centerface", "Face detector: centerface (a DNN through ONNX Runtime; finds faces "
+                              "turned, small, dim or half covered) or haar (OpenCV's frontal cascade). When the "
+                              "chosen one cannot load, the other runs and the journal says why.",
+                              choices=("centerface", "haar"))
 
 
 @dataclass(frozen=True)
@@ -155,9 +171,29 @@ class ScoringSection:
                                   min=0.05, max=60.0)
     max_age_vitals_s: float = spec(5.0, "A vitals window whose newest reading is older than this is not used, s.",
                                    min=0.5, max=300.0)
+    min_fill_video: float = spec(0.75, "Video is scored only when camera frames fill at least this share of its "
+                                 "window (16 frames over 2 s), e.g. not in the first second after start.",
+                                 min=0.0, max=1.0)
+    min_fill_audio: float = spec(0.8, "Audio is scored only when captured samples fill at least this share of its "
+                                 "window (the cry, or the last 3 s).", min=0.0, max=1.0)
+    min_fill_vitals: float = spec(0.5, "Vitals are scored only when monitor readings (each held 2 s) or heart "
+                                  "beats cover at least this share of the 30 s vitals window.", min=0.0, max=1.0)
+    min_face_px: int = spec(32, "Video is scored only when the face (shorter side of the detected box or the fixed "
+                            "ROI) spans at least this many of the camera's own pixels, before resizing to the "
+                            "crop size: an upscaled tiny or distant face is blur, not a face.", min=1, max=4096)
+    min_face_contrast: float = spec(4.0, "Video is scored only when its face crops have at least this grey-level "
+                                    "standard deviation (0-255): below it the picture is flat (lens covered, blank "
+                                    "or uniform frame).", min=0.0, max=128.0)
+    min_face_detail: float = spec(2.0, "Video is scored only when its face crops, seen at 64x64, have at least this "
+                                  "much fine detail (standard deviation of the Laplacian, grey levels): below it "
+                                  "there is no texture (a smooth blur or gradient).", min=0.0, max=255.0)
     model_config: str = spec("full", "Network size the engines were built for.", choices=_MODEL_CONFIGS)
     backends: list[str] = spec(list(_BACKENDS), "Engine backends to try, first that loads wins.",
                                choices=_BACKENDS, unique=True, min_items=1)
+    precision: str = spec("fp16", "Engine precision: fp32 everywhere; fp16 = TensorRT FP16, PyTorch FP16 on CUDA, "
+                          "ONNX Runtime FP32; int8 = TensorRT INT8 and ONNX Runtime INT8 from the model's QDQ parts "
+                          "(neopain export --int8; without them FP32, logged), PyTorch as at fp16.",
+                          choices=("fp32", "fp16", "int8"))
     model_dir: str = spec("/opt/neopain/models", "Folder with the exported ONNX models and weights.", path=True)
     engine_cache_dir: str = spec("/var/cache/neopain/engines", "Built engines (systemd CacheDirectory=neopain).",
                                  path=True)
@@ -167,7 +203,8 @@ class ScoringSection:
 class MqttSection:
     """The broker connection. Secrets come from files or systemd credentials, never from this file."""
 
-    host: str = spec("127.0.0.1", "Broker host name or address.")
+    host: str = spec("127.0.0.1", "Broker host: an IP address or a host name (RFC 1123: dot-separated labels of "
+                     "1-63 letters, digits and hyphens, 253 characters in all).", host=True)
     port: int = spec(1883, "Broker port (8883 is the usual TLS port).", min=1, max=65535)
     client_id: str = spec("", "MQTT client id; empty uses device.id.")
     tls_ca_file: str = spec("", "CA certificate (PEM) that signed the broker's certificate; non-empty turns on "
@@ -183,12 +220,17 @@ class MqttSection:
     password_credential: str = spec("mqtt-password", "systemd credential holding the broker password (used "
                                     "when present in $CREDENTIALS_DIRECTORY).", pattern=_NAME_RE)
     keepalive_s: int = spec(30, "MQTT keepalive, seconds.", min=5, max=3600)
-    qos: int = spec(1, "QoS of score messages; at least 1 so that the outbox can wait for PUBACK.", min=1, max=2)
+    qos: int = spec(1, "QoS of score messages: 1 (the outbox row is released on the broker's PUBACK) or 2 (exactly "
+                    "once to the broker; released on PUBCOMP). At least 1 so that the outbox can wait for the "
+                    "broker.", min=1, max=2)
     message_expiry_s: int = spec(10, "MQTT 5 message expiry of a score: a stale score is dropped, not delivered "
                                  "late as current, seconds.", min=1, max=3600)
     health_interval_s: float = spec(30.0, "Publish the retained health message every this many seconds.",
                                     min=1.0, max=3600.0)
     publish_vitals: bool = spec(False, "Also publish HR/SpO2 as read, 1 Hz, on <prefix>/vitals.")
+    confirm_grace_s: float = spec(30.0, "A score that no central station has confirmed storing this long after the "
+                                  "broker took it counts as unconfirmed (health, journal; see docs/mqtt.md).",
+                                  min=1.0, max=3600.0)
     command_key_file: str = spec("", "Central station key (hex, 0600) if not given as a systemd credential: when set, "
                                  "commands must carry command_id, sent_utc and an HMAC-SHA256 made with it (see "
                                  "appliance/mqtt/messages.py). Empty: the broker ACL alone says who may command.", path=True)
@@ -462,10 +504,12 @@ def _check_value(f: dataclasses.Field, value: Any) -> str | None:
         if m["min_items"] is not None and len(value) < m["min_items"]:
             return f"needs at least {m['min_items']} item(s)"
         if m["unique"] and len(set(value)) != len(value):
-            return f"items must not repeat, got {value!r}"
+            return f"items must not repeat, got {cut(value)}"
     for item in items:
+        if isinstance(item, float) and not math.isfinite(item):  # before bounds: NaN passes every comparison
+            return f"must be a finite number, got {item!r}"
         if m["choices"] is not None and item not in m["choices"]:
-            return f"must be one of {', '.join(map(repr, m['choices']))}; got {item!r}"
+            return f"must be one of {', '.join(map(repr, m['choices']))}; got {cut(item)}"
         if isinstance(item, (int, float)) and not isinstance(item, bool):
             if m["min"] is not None and item < m["min"]:
                 return f"must be at least {m['min']}, got {item!r}"
@@ -473,9 +517,45 @@ def _check_value(f: dataclasses.Field, value: Any) -> str | None:
                 return f"must be at most {m['max']}, got {item!r}"
         if isinstance(item, str):
             if m["pattern"] is not None and not re.match(m["pattern"], item):
-                return f"{item!r} is not allowed here (letters, digits, '_', '.', '-'; at most 64; no '/', '+', '#')"
+                return f"{cut(item)} is not allowed here (letters, digits, '_', '.', '-'; at most 64; no '/', '+', '#')"
             if any(ord(ch) < 32 for ch in item):
                 return "must not contain control characters"
+            if m.get("host"):
+                problem = host_problem(item)
+                if problem:
+                    return problem
+    return None
+
+
+_HOST_LABEL_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+
+
+def host_problem(host: str) -> str | None:
+    """Why ``host`` is neither an IP address nor an RFC 1123 host name, or None when it is one.
+
+    Checked here because a name the resolver cannot even encode (``broker..local``, a label over 63
+    characters) raised inside paho's network thread, which died without a word while the daemon went on.
+    """
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host  # one trailing dot: a fully qualified name
+    if not name:
+        return "must be an IP address or a host name, got an empty name"
+    if len(name) > 253:
+        return f"host name {cut(host)} is longer than 253 characters"
+    for label in name.split("."):
+        if not label:
+            return f"host name {cut(host)} has an empty label ('..', or a leading dot)"
+        if len(label) > 63:
+            return f"host name {cut(host)} has a label longer than 63 characters ({len(label)})"
+        if not _HOST_LABEL_RE.match(label):
+            return (f"host name {cut(host)}: label {cut(label)} may only hold letters, digits and '-' (not at "
+                    f"its start or end)")
+    if name.split(".")[-1].isdigit():
+        return f"{cut(host)} is neither an IP address nor a host name (a name's last label is not all digits)"
     return None
 
 
@@ -493,7 +573,7 @@ def _build_section(cls: type, name: str, table: Any, loc: _Locator, base: Path) 
         f = known[key]
         ok, coerced = _coerce(value, hints[key])
         if not ok:
-            raise loc.error((name, key), f"must be {_type_name(hints[key])}, got {_toml_kind(value)} {value!r}")
+            raise loc.error((name, key), f"must be {_type_name(hints[key])}, got {_toml_kind(value)} {cut(value)}")
         problem = _check_value(f, coerced)
         if problem:
             raise loc.error((name, key), problem)
@@ -555,7 +635,8 @@ def _cross_checks(config: Config, loc: _Locator) -> None:
         raise loc.error(("camera", "source"), "is empty; give a device index, path, pipeline or file")
     roi = config.camera.face_roi
     if roi and (len(roi) != 4 or roi[2] == 0 or roi[3] == 0):
-        raise loc.error(("camera", "face_roi"), f"must be empty or [x, y, width, height] with width, height > 0, got {roi}")
+        raise loc.error(("camera", "face_roi"),
+                        f"must be empty or [x, y, width, height] with width, height > 0, got {cut(roi)}")
     if not (config.camera.enabled or config.microphone.enabled or config.monitor.enabled):
         raise loc.error(("camera", "enabled"), "every source is disabled: nothing could be scored")
 
@@ -589,21 +670,22 @@ def _read_secret(path: Path, what: str, *, check_others: bool, loc: _Locator | N
             return loc.error(key, message)
         return ConfigError(message, key=".".join(key))
 
+    shown = _shown(str(path))
     try:
         st = path.stat()
     except OSError as exc:
-        raise fail(f"cannot read secret {path} ({what}): {exc.strerror}") from None
+        raise fail(f"cannot read secret {shown} ({what}): {exc.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        raise fail(f"secret {path} ({what}) is not a regular file")
+        raise fail(f"secret {shown} ({what}) is not a regular file")
     # Group too: on a shared box the group may hold other services' users; the service's own user owns its
     # secrets (systemd credentials are already private and not checked).
     if check_others and st.st_mode & (stat.S_IRGRP | stat.S_IWGRP | stat.S_IROTH | stat.S_IWOTH):
-        raise fail(f"secret {path} is readable or writable by group or others "
-                   f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {path}")
+        raise fail(f"secret {shown} is readable or writable by group or others "
+                   f"(mode {stat.S_IMODE(st.st_mode):04o}); run chmod 600 {shown}")
     try:
         return path.read_bytes()
     except OSError as exc:
-        raise fail(f"cannot read secret {path} ({what}): {exc.strerror}") from None
+        raise fail(f"cannot read secret {shown} ({what}): {exc.strerror}") from None
 
 
 def password_from_text(text: str, where: str) -> str:
@@ -682,7 +764,7 @@ def _check_readable(config: Config, loc: _Locator) -> None:
                 with open(value, "rb"):
                     pass
             except OSError as exc:
-                raise loc.error(("mqtt", key), f"cannot read {value}: {exc.strerror}") from None
+                raise loc.error(("mqtt", key), f"cannot read {_shown(value)}: {exc.strerror}") from None
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -3,11 +3,11 @@ composes (sources -> ring buffers -> windows -> gate -> engines -> calibration -
 
 Why the order of start-up: systemd (``Type=notify``) must only hear ``READY=1`` when the device can really
 score -- sources opened and engines loaded -- so start-up is: check the config (exit 2 on the first error,
-one line), install the signal handlers (a SIGTERM during a slow engine load still stops cleanly), start the
-publisher (so health can say what is wrong even if the engines fail), open the engines (exit 3 when no
-backend loads, after publishing a ``no_score`` health saying so), load the calibration map (exit 2 when the
-installed file is invalid), open the sources and wait (bounded) for them, then ``READY=1`` and the scoring
-loop. A source that does not open in time does not block readiness forever: each source reconnects on its
+one line), install the signal handlers (a SIGTERM during a slow engine load still stops cleanly), take the
+state directory's instance lock (before anything opens a state file), start the publisher (so health can say
+what is wrong even if the engines fail), open the engines (exit 3 when no backend loads, after publishing a
+``no_score`` health saying so), load the calibration map (exit 2 when the installed file is invalid), open the
+sources and wait (bounded) for them, then ``READY=1`` and the scoring loop. A source that does not open in time does not block readiness forever: each source reconnects on its
 own and the health message and ``STATUS=`` say which one is missing.
 
 Signals: SIGTERM/SIGINT stop gracefully (``STOPPING=1``, finish the cycle, stop sources, publish ``offline``,
@@ -15,7 +15,13 @@ leave unacknowledged scores in the outbox for the next start); SIGHUP reloads th
 scoring thread does it between cycles; a bad file keeps the previous map).
 
 Exit codes: 0 clean stop, 1 unexpected failure, 2 configuration error (config file, secrets, calibration
-file), 3 no engine backend could load the model.
+file) or another ``neopain run`` holding the state directory (``appliance/instance_lock.py``: the line names
+its PID), 3 no engine backend could load the model.
+
+State files: the outbox and the calibration sessions heal themselves (``appliance/storage.py``): a damaged
+file is moved aside and salvaged, at start or when the damage is met at run time, and scoring goes on. Health
+is ``degraded`` with each moved file named in ``detail`` (and ``STATUS=`` counts them) until the next
+restart, so the ward sees it and someone looks at the moved-aside file and the disk.
 
 Simulated beds set ``camera.loop`` (replay the recording's video file forever) and
 ``microphone.pace_realtime`` (a PCM replayed through ALSA's file plugin is not paced); a real device
@@ -32,10 +38,13 @@ from pathlib import Path
 from typing import Any
 
 from appliance import service, wiring
+from appliance.instance_lock import InstanceLock, InstanceLocked
 from appliance.config import DEFAULT_CONFIG_PATH, Config, ConfigError, check_config
 from appliance.scoring.calibration_map import CalibrationError
 from appliance.scoring.calibration_stage import CalibrationStage
 from appliance.sources.bed import SOURCE_OPEN_TIMEOUT_S
+from appliance.storage import health_note
+from appliance.textcut import cut
 
 log = logging.getLogger("neopain.daemon")
 
@@ -63,23 +72,44 @@ class Daemon:
         self.recorder: Any = None  # appliance.scoring.ratings.CalibrationRecorder, once started
         self.pipeline: Any = None
         self.watchdog = service.Watchdog()
+        self.instance_lock: InstanceLock | None = None
         self._startup_detail = "starting"
 
     # -- health -------------------------------------------------------------------------------------------
     def health_fields(self) -> dict[str, Any]:
         fields: dict[str, Any] = {"sources": self.sources.up() if self.sources else {},
                                   "fps": self.sources.fps() if self.sources else {}}
+        if self.sources:  # driver threads that died and were restarted (supervised): a crash loop shows here
+            fields["source_restarts"] = self.sources.restarts()
         if self.pipeline is not None:
             fields.update(self.pipeline.health_fields())
         else:
             fields.update(state="no_score", detail=self._startup_detail,
                           engine_backend=getattr(self.engines, "backend", None))
+        storage = self.storage_problems()
+        if storage:
+            # A state file moved aside (or failing) stays in health until a restart, after someone looked at it.
+            if fields.get("state") == "ok":
+                fields["state"] = "degraded"
+            fields["detail"] = "; ".join(x for x in (*storage, fields.get("detail")) if x)
         if self.calibration is not None:
             # The active map first (never cut off by the 500-character limit): after a SIGHUP the ward can
             # see which bundle scores are calibrated with, and a refused reload's reason follows it.
             active = f"calibration {self.calibration.current.version} active"
-            fields["detail"] = "; ".join(x for x in (active, fields.get("detail")) if x)[:500]
+            fields["detail"] = "; ".join(x for x in (active, fields.get("detail")) if x)
+        if fields.get("detail"):
+            fields["detail"] = fields["detail"][:500]
         return fields
+
+    def storage_problems(self) -> list[str]:
+        """The state files (outbox, calibration sessions) that were damaged and healed, or are failing: each
+        names the file (``appliance/storage.py``)."""
+        notes: list[str] = []
+        if self.publisher is not None and (note := health_note(self.publisher.outbox.healed)):
+            notes.append(note)
+        if self.recorder is not None:
+            notes += self.recorder.storage_problems()
+        return notes
 
     def status_text(self) -> str:
         if self.pipeline is None:
@@ -89,16 +119,21 @@ class Daemon:
         last = f"nips {s.last_nips:.1f}" if s.last_nips is not None else "no score yet"
         presence = ",".join(m for m, ok in self.pipeline.presence().items() if ok) or "none"
         pub = self.publisher.stats() if self.publisher is not None else None
-        mqtt = f"mqtt {pub.state.value}, outbox {pub.outbox_depth}" if pub is not None else "mqtt -"
+        mqtt = "mqtt -"
+        if pub is not None:  # not connected: say why (a host that cannot be resolved, a refusal, ...)
+            why = f" ({pub.last_error[:200]})" if pub.state.value != "connected" and pub.last_error else ""
+            mqtt = f"mqtt {pub.state.value}{why}, outbox {pub.outbox_depth}"
+        storage = self.storage_problems()
+        moved = f"; {len(storage)} state file problem(s), see health" if storage else ""
         return (f"{h['state']}: {last}; {s.scores} scores; modalities {presence}; "
-                f"{getattr(self.engines, 'backend', '-')}; {mqtt}")
+                f"{getattr(self.engines, 'backend', '-')}; {mqtt}{moved}")
 
     def _on_command(self, command: Any) -> None:
         # Runs on paho's thread: hand over and return (the recorder queues it for its own writer thread).
         if command.name.startswith("calibration/") and self.recorder is not None:
             self.recorder.on_command(command)
         else:
-            log.info("command %s received (args %s): not handled by this daemon", command.name, command.args)
+            log.info("command %s received (args %s): not handled by this daemon", command.name, cut(command.args))
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -114,6 +149,8 @@ class Daemon:
         from appliance.mqtt.publisher import Publisher
 
         cfg = self.config
+        # Before anything opens the state directory: a second daemon on it stops here (exit 2, naming the PID).
+        self.instance_lock = InstanceLock(Path(cfg.outbox.path).parent).acquire()
         self.publisher = Publisher(wiring.publisher_config(cfg), health_provider=self.health_fields,
                                    on_command=self._on_command)
         self.publisher.start()
@@ -173,7 +210,11 @@ class Daemon:
         while not self.stop_requested.wait(SOURCE_CHECK_S):
             was_up = self._log_source_changes(was_up)
             if time.monotonic() >= next_status:
-                service.set_status(self.status_text())
+                try:
+                    text = self.status_text()
+                except Exception as exc:  # e.g. an outbox that cannot be read: say so, never exit over STATUS=
+                    text = f"status unavailable: {type(exc).__name__}: {exc}"[:300]
+                service.set_status(text)
                 next_status += STATUS_INTERVAL_S
         return EXIT_OK
 
@@ -196,7 +237,8 @@ class Daemon:
         from models.engines.select import open_scoring_engines
 
         s = self.config.scoring
-        engines = open_scoring_engines(s.model_dir, order=tuple(s.backends), cache_dir=s.engine_cache_dir)
+        engines = open_scoring_engines(s.model_dir, order=tuple(s.backends), cache_dir=s.engine_cache_dir,
+                                       precision=s.precision)
         model_cfg = getattr(engines, "config", None) or get_config(s.model_config)
         if model_cfg.name != s.model_config:
             engines.close()
@@ -241,6 +283,8 @@ class Daemon:
                 self.engines.close()
             except Exception as exc:
                 log.warning("engines did not close cleanly: %s", exc)
+        if self.instance_lock is not None:
+            self.instance_lock.release()
         log.info("stopped")
 
 
@@ -263,6 +307,9 @@ def run_daemon(args: argparse.Namespace) -> int:
     with service.SignalHandlers(on_stop=daemon.request_stop, on_reload=daemon.request_reload):
         try:
             return daemon.run()
+        except InstanceLocked as exc:  # one line, like a configuration error
+            print(f"neopain run: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
         except (OSError, ValueError) as exc:  # e.g. an unreadable outbox folder or TLS file
             log.error("cannot run: %s", exc)
             print(f"neopain run: {exc}", file=sys.stderr)

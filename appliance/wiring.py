@@ -26,9 +26,10 @@ from typing import Any, Callable
 
 from appliance.config import Config, command_key, mqtt_tls_keyfile, secret_path
 from appliance.mqtt.publisher import PublisherConfig
-from appliance.scoring.buffers import ModalityBuffers, VitalsSample, extend_rr
+from appliance.scoring.buffers import FaceSample, ModalityBuffers, VitalsSample, extend_rr
 from appliance.scoring.calibration_stage import CalibrationStage
 from appliance.scoring.pipeline import PipelineConfig, ScoringPipeline
+from appliance.scoring.quality import QualityConfig
 from appliance.scoring.windows import WindowBuilder, WindowConfig
 from appliance.sources.bed import BedSources, MonitorConfig, Sinks, SourceSettings
 from appliance.sources.camera import CameraConfig
@@ -47,7 +48,7 @@ def source_settings(config: Config) -> SourceSettings:
     camera = CameraConfig(source=cam.source, kind=None if cam.kind == "auto" else cam.kind, fps=cam.fps,
                           width=cam.width, height=cam.height, watchdog_s=cam.reopen_after_s,
                           loop=cam.loop) if cam.enabled else None
-    face = FaceConfig(crop_size=cam.face_crop_size,
+    face = FaceConfig(crop_size=cam.face_crop_size, detector=cam.face_detector,
                       roi=tuple(cam.face_roi) if cam.face_roi else None) if cam.enabled else None
     microphone = MicrophoneConfig(device=mic.device, rate=mic.rate, period_size=mic.period_frames,
                                   pace_realtime=mic.pace_realtime) if mic.enabled else None
@@ -56,17 +57,28 @@ def source_settings(config: Config) -> SourceSettings:
 
 
 def window_config(config: Config) -> WindowConfig:
-    """The window builder's freshness limits from ``[scoring] max_age_*`` (the daemon and ``calibrate
-    capture-int8`` cut windows alike, so INT8 calibration windows are the scored ones)."""
+    """The window builder's freshness limits from ``[scoring] max_age_*`` and least fills from ``min_fill_*``
+    (the daemon and ``calibrate capture-int8`` cut windows alike, so INT8 calibration windows are the scored
+    ones)."""
     s = config.scoring
     return WindowConfig(video_max_age_s=s.max_age_video_s, audio_max_age_s=s.max_age_audio_s,
-                        vitals_max_age_s=s.max_age_vitals_s, rr_max_age_s=s.max_age_vitals_s)
+                        vitals_max_age_s=s.max_age_vitals_s, rr_max_age_s=s.max_age_vitals_s,
+                        min_fill_video=s.min_fill_video, min_audio_coverage=s.min_fill_audio,
+                        min_fill_vitals=s.min_fill_vitals)
+
+
+def quality_config(config: Config) -> QualityConfig:
+    """The quality gate's video limits from ``[scoring] min_face_px``, ``min_face_contrast``, ``min_face_detail``."""
+    s = config.scoring
+    return QualityConfig(min_face_px=s.min_face_px, min_face_contrast=s.min_face_contrast,
+                         min_face_detail=s.min_face_detail)
 
 
 def pipeline_config(config: Config) -> PipelineConfig:
-    """Cadence and (with ``[debug] save_raw_media``) the device-local folder for scored windows."""
+    """Cadence, the quality gate and (with ``[debug] save_raw_media``) the device-local folder for scored
+    windows."""
     raw_dir = Path(config.outbox.path).parent / RAW_MEDIA_DIR_NAME if config.debug.save_raw_media else None
-    return PipelineConfig(cadence_s=config.scoring.cadence_s, raw_media_dir=raw_dir)
+    return PipelineConfig(cadence_s=config.scoring.cadence_s, quality=quality_config(config), raw_media_dir=raw_dir)
 
 
 def publisher_config(config: Config) -> PublisherConfig:
@@ -82,6 +94,8 @@ def publisher_config(config: Config) -> PublisherConfig:
         tls_key=mqtt_tls_keyfile(config),
         score_expiry_s=float(m.message_expiry_s), health_interval_s=m.health_interval_s,
         outbox_max_rows=config.outbox.max_rows, publish_vitals=m.publish_vitals, command_key=command_key(config),
+        confirm_grace_s=m.confirm_grace_s,
+        qos=m.qos,
     )
 
 
@@ -96,8 +110,9 @@ def calibration_stage(config: Config, model_version: str | None) -> CalibrationS
 # ------------------------------------------------------------------------------------- sinks
 def buffer_sinks(buffers: ModalityBuffers, cry: Any = None,
                  on_vitals: Callable[[VitalsSample], None] | None = None) -> Sinks:
-    """The sensors -> ring buffers edges: face observations, audio periods (and the cry detector), vitals
-    and RR intervals; ``on_vitals`` also receives each HR/SpO2 reading (the publisher's vitals topic)."""
+    """The sensors -> ring buffers edges: face samples (the crop with the face's size in camera pixels), audio
+    periods (and the cry detector), vitals and RR intervals; ``on_vitals`` also receives each HR/SpO2 reading
+    (the publisher's vitals topic)."""
     from appliance.sources.monitor.types import RRIntervals, VitalSample
 
     def on_audio(period: Any) -> None:
@@ -114,8 +129,8 @@ def buffer_sinks(buffers: ModalityBuffers, cry: Any = None,
         elif isinstance(item, RRIntervals):
             extend_rr(buffers.rr, item)
 
-    return Sinks(frame=lambda frame, observation: buffers.frames.append(observation), audio=on_audio,
-                 monitor=on_monitor)
+    return Sinks(frame=lambda frame, observation: buffers.frames.append(FaceSample.of(frame, observation)),
+                 audio=on_audio, monitor=on_monitor)
 
 
 # ------------------------------------------------------------------------------------- the graph
@@ -154,14 +169,16 @@ def build(config: Config, *, engines: Any, model_config: Any, publisher: Any, wa
 
 
 def open_rating_recorder(config: Config) -> Any:
-    """Calibration sessions (pairs of raw score and nurse rating), started; None when the store cannot be
-    opened: scoring goes on without it."""
+    """Calibration sessions (pairs of raw score and nurse rating), started. The daemon owns the state
+    directory, so a damaged file is moved aside and salvaged (``appliance/storage.py``); a store that cannot
+    be opened at all gives a recorder without one, which says why (naming the file) to commands and health:
+    scoring goes on without it."""
     from appliance.scoring.ratings import CalibrationRecorder, SessionStore
 
     db = Path(config.calibration.sessions_db)
     try:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        return CalibrationRecorder(SessionStore(db)).start()
+        return CalibrationRecorder(SessionStore(db, heal=True)).start()
     except Exception as exc:  # sqlite3.Error, OSError: a broken sessions store must not stop scoring
-        log.error("calibration sessions unavailable (%s): %s", db, exc)
-        return None
+        reason = str(exc) if str(db) in str(exc) else f"{db}: {exc}"
+        log.error("calibration sessions unavailable: %s", reason)
+        return CalibrationRecorder(None, unavailable=f"calibration sessions unavailable: {reason}"[:300]).start()

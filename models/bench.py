@@ -6,9 +6,19 @@ What is measured, and why this way:
   frames at camera size -> resized, normalised clip; raw audio -> log-Mel patches; raw RR/SpO2 -> vitals grid
   + HRV) + the four engines. The pre-processing runs on the CPU whatever the backend, so its share of the
   end-to-end time says whether a faster engine still matters.
-* The frames handed to the clip pre-processing have the **camera's full size** (default 1280x720): a
-  worst case (a face filling the frame); a real face crop is smaller and resizes faster. Face detection
-  itself runs in the camera thread, not in the scoring path, and is not included.
+* The frames handed to the clip pre-processing have the **camera's full size** (default 1280x720, BGR as
+  OpenCV delivers them) with a face box: the largest centred square (a face filling the frame height), a
+  worst case — a real face is smaller and resizes faster, and on the device the camera thread already hands
+  over crops at network size. The pre-processing cuts the box first, then resizes and converts colour on
+  the crop (:func:`models.features.video.clip_array`). Face detection itself runs in the camera thread,
+  not in the scoring path, and is not included.
+* Precisions (``--precision fp32,int8``) are measured in the same run on the same inputs; ``int8`` runs the
+  QDQ parts of the model (``neopain export --int8``; with ``--random`` they are made first, calibrated on
+  synthetic windows). ``nips`` drift between precisions is measured on a fixed set of synthetic windows;
+  the MAE change against ratings comes from the model's INT8 accuracy check (not measurable for random
+  weights and synthetic windows, which have no ratings).
+* With ``--random`` the model is exported (and quantized) in a child process, so the measured process never
+  holds the PyTorch model: its memory is that of the scoring path alone.
 * Per part and end-to-end p50/p95/p99 over ``--runs`` runs after ``--warmup`` runs, throughput
   (windows/s = batch / mean end-to-end), peak memory (RSS high-water mark over the backend's load and
   runs minus RSS before loading; Linux ``/proc/self/clear_refs`` resets the mark per backend; CUDA
@@ -53,10 +63,12 @@ def stats_ms(samples: Sequence[float]) -> dict[str, float]:
 
 
 def synthetic_raw_window(cfg: ModelConfig, camera: tuple[int, int] = DEFAULT_CAMERA, seed: int = 0) -> RawWindow:
-    """A raw window like the window builder's: camera-size uint8 frames, a cry-length 16 kHz segment
-    (``max_patches`` patches), 30 s + margin of RR intervals around 140 bpm and 1 Hz SpO2."""
+    """A raw window like the window builder's: camera-size uint8 BGR frames with the largest centred square
+    as the face box, a cry-length 16 kHz segment (``max_patches`` patches), 30 s + margin of RR intervals
+    around 140 bpm and 1 Hz SpO2."""
     rng = np.random.default_rng(seed)
     width, height = camera
+    side = min(width, height)
     frames = rng.integers(0, 256, size=(cfg.video.frames, height, width, 3), dtype=np.uint8)
     seconds = cfg.audio.max_patches * 0.96 + 0.02
     t = np.arange(int(seconds * 16000)) / 16000.0
@@ -71,7 +83,22 @@ def synthetic_raw_window(cfg: ModelConfig, camera: tuple[int, int] = DEFAULT_CAM
     return RawWindow(
         end_s=end_s, frames=frames, audio=audio, audio_rate=16000, rr_ms=rr, rr_times_s=rr_times,
         spo2_pct=spo2, spo2_times_s=spo2_times, presence={"video": True, "audio": True, "vitals": True},
+        face_box=((width - side) // 2, (height - side) // 2, side, side), frames_bgr=True,
     )
+
+
+def drift_windows(cfg: ModelConfig, count: int = 8) -> list[dict[str, np.ndarray]]:
+    """Model inputs of ``count`` fixed synthetic windows on which precisions are compared (``nips`` drift)."""
+    return [model_inputs(synthetic_raw_window(cfg, (320, 240), seed=2000 + i), cfg) for i in range(count)]
+
+
+def synthetic_calibration_set(manifest: "Manifest", count: int = 16) -> "CalibrationSet":  # noqa: F821
+    """INT8 calibration windows from the synthetic generator (no ratings): for random-weight models only."""
+    from models.quantize import calibration_set
+
+    cfg = manifest.model_config()
+    windows = [model_inputs(synthetic_raw_window(cfg, (320, 240), seed=1000 + i), cfg) for i in range(count)]
+    return calibration_set(windows, manifest, f"synthetic windows (bench generator, seeds 1000-{999 + count})")
 
 
 def _time(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
@@ -88,7 +115,7 @@ def _time(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
 def preprocessing_breakdown(window: RawWindow, cfg: ModelConfig, runs: int, warmup: int) -> dict[str, dict[str, float]]:
     """Each pre-processing step timed alone (ms): clip, log-Mel, vitals grid + HRV, and all of model_inputs."""
     from models.features.audio import log_mel_patches, pad_patches
-    from models.features.video import preprocess_clip
+    from models.features.video import clip_array
     from models.features.vitals import build_vitals_grid, hrv_features
 
     def vitals() -> None:
@@ -96,7 +123,7 @@ def preprocessing_breakdown(window: RawWindow, cfg: ModelConfig, runs: int, warm
         hrv_features(window.rr_ms[window.rr_times_s > window.end_s - cfg.vitals.window_s]).normalised()
 
     steps = {
-        "video": lambda: preprocess_clip(window.frames, cfg.video),
+        "video": lambda: clip_array(window.frames, cfg.video, box=window.face_box, bgr=window.frames_bgr),
         "audio": lambda: pad_patches([log_mel_patches(window.audio, window.audio_rate)], cfg.audio.max_patches),
         "vitals": vitals,
         "total": lambda: model_inputs(window, cfg),
@@ -144,19 +171,18 @@ def bench_backend(
     threads: int,
     cache_dir: str | None,
     precision: str,
+    drift: Sequence[dict[str, np.ndarray]] = (),
 ) -> dict[str, Any]:
-    """Load ``backend`` and time end-to-end scoring of ``batch`` copies of ``window``."""
+    """Load ``backend`` and time end-to-end scoring of ``batch`` copies of ``window``; then score ``drift``."""
     from models.engines.runtime import ScoringEngines, stack_windows
 
     cuda = None
-    try:
+    if backend == "torch":
         import torch
 
-        if backend == "torch" and torch.cuda.is_available():
+        if torch.cuda.is_available():
             cuda = torch.cuda
             cuda.reset_peak_memory_stats()
-    except ImportError:  # pragma: no cover - torch is a dependency
-        pass
     reset = _reset_peak_rss()
     rss_before = _proc_status_kb("VmRSS")
     t0 = time.perf_counter()
@@ -181,13 +207,19 @@ def bench_backend(
             e2e.append((t2 - t0) * 1e3)
             for name in parts:
                 parts[name].append(result.timings_ms[name])
+        nips = [float(v) for w in drift for v in engines.run(stack_windows([w])).nips]
         info = {
             "available": True,
+            "backend": backend,
             "device": engines.device,
+            "precision_requested": precision,
             "precision": engines.precision,
+            "quantized_parts": list(engines.quantized_parts),
             "providers": engines.providers,
             "load_s": round(load_s, 3),
+            "drift_nips": nips,
         }
+        rss_peak = _proc_status_kb("VmHWM")
     finally:
         engines.close()
     e2e_stats = stats_ms(e2e)
@@ -202,7 +234,8 @@ def bench_backend(
         memory={
             "rss_before_mb": _mb(rss_before),
             "rss_after_load_mb": _mb(rss_loaded),
-            "rss_peak_delta_mb": _mb((_proc_status_kb("VmHWM") or 0) - (rss_before or 0)) if rss_before else None,
+            "rss_peak_mb": _mb(rss_peak),
+            "rss_peak_delta_mb": _mb((rss_peak or 0) - (rss_before or 0)) if rss_before else None,
             "rss_peak_reset": reset,
             "cuda_max_allocated_mb": round(cuda.max_memory_allocated() / 2**20, 1) if cuda is not None else None,
         },
@@ -211,22 +244,60 @@ def bench_backend(
 
 
 def ratios(backends: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
-    """Speed-up of each backend over the reference (PyTorch eager if measured), same run, p50 based."""
-    measured = [b for b, r in backends.items() if r.get("available")]
-    if len(measured) < 2:
-        return {}
-    reference = "torch" if "torch" in measured else measured[0]
-    ref = backends[reference]
+    """Speed-up of each backend over the reference (PyTorch eager if measured), same run, p50 based.
+
+    Entries are compared within one requested precision (``backend:precision`` labels are grouped by it).
+    """
+    groups: dict[str, dict[str, dict[str, Any]]] = {}
+    for label, r in backends.items():
+        if r.get("available"):
+            groups.setdefault(r.get("precision_requested", ""), {})[label] = r
     out = {}
-    for name in measured:
-        if name == reference:
+    for group in groups.values():
+        measured = list(group)
+        if len(measured) < 2:
             continue
-        r = backends[name]
-        out[f"{name}_vs_{reference}"] = {
-            "engine_p50_speedup": ref["engine"]["p50"] / r["engine"]["p50"],
-            "engine_p99_speedup": ref["engine"]["p99"] / r["engine"]["p99"],
-            "end_to_end_p50_speedup": ref["end_to_end"]["p50"] / r["end_to_end"]["p50"],
-        }
+        names = {label: label.split(":")[0] for label in measured}
+        reference = next((label for label in measured if names[label] == "torch"), measured[0])
+        ref = group[reference]
+        suffix = reference[len(names[reference]):]
+        for label in measured:
+            if label == reference:
+                continue
+            r = group[label]
+            out[f"{names[label]}_vs_{names[reference]}{suffix}"] = {
+                "engine_p50_speedup": ref["engine"]["p50"] / r["engine"]["p50"],
+                "engine_p99_speedup": ref["engine"]["p99"] / r["engine"]["p99"],
+                "end_to_end_p50_speedup": ref["end_to_end"]["p50"] / r["end_to_end"]["p50"],
+            }
+    return out
+
+
+def precision_ratios(runs: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per backend, each lower precision against FP32 from the same run: speed-ups (p50) and ``nips`` drift."""
+    by_backend: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in runs.values():
+        if r.get("available"):
+            by_backend.setdefault(r["backend"], {})[r["precision_requested"]] = r
+    out = {}
+    for backend, measured in by_backend.items():
+        ref = measured.get("fp32")
+        if ref is None:
+            continue
+        for precision, r in measured.items():
+            if precision == "fp32":
+                continue
+            entry = {
+                "ran_as": r["precision"],
+                "engine_p50_speedup": ref["engine"]["p50"] / r["engine"]["p50"],
+                "end_to_end_p50_speedup": ref["end_to_end"]["p50"] / r["end_to_end"]["p50"],
+                **{f"{part}_p50_speedup": ref["parts"][part]["p50"] / r["parts"][part]["p50"] for part in r["parts"]},
+            }
+            if ref["drift_nips"] and len(ref["drift_nips"]) == len(r["drift_nips"]):
+                diff = np.abs(np.asarray(r["drift_nips"]) - np.asarray(ref["drift_nips"]))
+                entry.update(nips_max_abs_diff=float(diff.max()), nips_mean_abs_diff=float(diff.mean()),
+                             drift_windows=int(diff.size))
+            out[f"{backend}:{precision}_vs_fp32"] = entry
     return out
 
 
@@ -240,60 +311,100 @@ def benchmark(
     threads: int = 0,
     camera: tuple[int, int] = DEFAULT_CAMERA,
     cache_dir: str | None = None,
-    precision: str = "fp16",
+    precision: str | Sequence[str] = "fp16",
+    drift: int = 8,
 ) -> dict[str, Any]:
-    """The full report (see the module docstring) for the exported model in ``model_dir``."""
+    """The full report (see the module docstring) for the exported model in ``model_dir``.
+
+    Several ``precision`` values are run one after another per backend; the report's entries are then named
+    ``backend:precision`` (just ``backend`` with one precision).
+    """
     from models.engines.base import BackendUnavailable, EngineError
+    from models.engines.runtime import PRECISIONS
     from models.manifest import read_manifest
 
+    precisions = [precision] if isinstance(precision, str) else list(precision)
     if runs < 1 or warmup < 0 or batch < 1:
         raise ValueError(f"need runs >= 1, warmup >= 0, batch >= 1; got {runs}, {warmup}, {batch}")
+    if not precisions or any(p not in PRECISIONS for p in precisions):
+        raise ValueError(f"precision must be a subset of {','.join(PRECISIONS)}, got {precisions}")
     threads = threads or os.cpu_count() or 1
-    import torch
+    if "torch" in backends:
+        import torch
 
-    torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
     manifest = read_manifest(model_dir)
     cfg = manifest.model_config()
     window = synthetic_raw_window(cfg, camera)
     report: dict[str, Any] = {
         "model": {"model_version": manifest.model_version, "config": manifest.config_name, "model_dir": str(model_dir)},
         "settings": {"runs": runs, "warmup": warmup, "batch": batch, "threads": threads, "camera": list(camera),
-                     "precision": precision},
+                     "precision": ",".join(precisions), "face_box": list(window.face_box or ())},
         "host": _host(),
         "preprocessing": preprocessing_breakdown(window, cfg, runs, min(warmup, 2)),
         "backends": {},
         "unavailable": {},
+        "int8": None if manifest.int8 is None else {"calibration": manifest.int8.calibration,
+                                                    "accuracy": manifest.int8.accuracy},
     }
+    drift_inputs = drift_windows(cfg, drift) if drift else []
     for backend in backends:
-        try:
-            report["backends"][backend] = bench_backend(
-                Path(model_dir), backend, window, cfg, runs=runs, warmup=warmup, batch=batch, threads=threads,
-                cache_dir=cache_dir, precision=precision,
-            )
-        except (BackendUnavailable, EngineError) as exc:
-            report["unavailable"][backend] = f"{type(exc).__name__}: {exc}"
+        for p in precisions:
+            label = backend if len(precisions) == 1 else f"{backend}:{p}"
+            try:
+                report["backends"][label] = bench_backend(
+                    Path(model_dir), backend, window, cfg, runs=runs, warmup=warmup, batch=batch, threads=threads,
+                    cache_dir=cache_dir, precision=p, drift=drift_inputs,
+                )
+            except (BackendUnavailable, EngineError) as exc:
+                report["unavailable"][label] = f"{type(exc).__name__}: {exc}"
     report["ratios"] = ratios(report["backends"])
+    report["precision_ratios"] = precision_ratios(report["backends"])
+    try:
+        report["host"]["load_average_at_end"] = list(os.getloadavg())  # timings mean little on a loaded machine
+    except OSError:
+        report["host"]["load_average_at_end"] = None
     return report
 
 
 def _host() -> dict[str, Any]:
     import onnxruntime
-    import torch
+    import torch  # already loaded by the pre-processing (models.features.video)
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    try:
+        load = list(os.getloadavg())
+    except OSError:
+        load = None
     return {
         "platform": platform.platform(), "machine": platform.machine(), "processor": platform.processor(),
         "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-        "onnxruntime": onnxruntime.__version__, "cuda_gpu": gpu,
+        "onnxruntime": onnxruntime.__version__, "cuda_gpu": gpu, "load_average_at_start": load,
+        "cpu_flags": _cpu_flags(),
     }
+
+
+def _cpu_flags() -> list[str]:
+    """The CPU features that decide ONNX Runtime's integer kernels (x86 Linux; empty elsewhere)."""
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                return [f for f in wanted if f in have]
+    except OSError:
+        pass
+    return []
 
 
 def format_report(report: dict[str, Any]) -> str:
     """The human-readable table of a :func:`benchmark` report."""
     s = report["settings"]
+    load = [report["host"].get(k) for k in ("load_average_at_start", "load_average_at_end")]
     lines = [
         f"model {report['model']['model_version']} ({report['model']['config']}), batch {s['batch']}, "
         f"{s['runs']} runs after {s['warmup']} warm-up, {s['threads']} threads, camera {s['camera'][0]}x{s['camera'][1]}",
+        "load average (1 min) at start / end: " + " / ".join(f"{v[0]:.2f}" if v else "?" for v in load),
         "",
         f"{'backend':12s} {'stage':16s} {'p50 ms':>9s} {'p95 ms':>9s} {'p99 ms':>9s}",
     ]
@@ -312,13 +423,30 @@ def format_report(report: dict[str, Any]) -> str:
         row(label, "end-to-end", r["end_to_end"])
         mem = r["memory"]
         extra = f", CUDA max allocated {mem['cuda_max_allocated_mb']} MB" if mem["cuda_max_allocated_mb"] is not None else ""
+        ran = r["precision"] if r["precision"] == r.get("precision_requested", r["precision"]) else (
+            f"{r['precision']} (asked {r['precision_requested']})")
         lines.append(
-            f"{'':12s} {r['device']} {r['precision']} [{', '.join(r['providers'])}]: "
+            f"{'':12s} {r['device']} {ran} [{', '.join(r['providers'])}]: "
             f"{r['throughput_windows_per_s']:.2f} windows/s, pre-processing {100 * r['preprocessing_share']:.1f} % "
-            f"of end-to-end (p50), peak RSS +{mem['rss_peak_delta_mb']} MB{extra}, load {r['load_s']:.2f} s"
+            f"of end-to-end (p50), peak RSS {mem.get('rss_peak_mb')} MB (+{mem['rss_peak_delta_mb']} MB){extra}, "
+            f"load {r['load_s']:.2f} s"
         )
     for name, reason in report["unavailable"].items():
         lines.append(f"{name:12s} unavailable: {reason}")
+    for pair, r in report.get("precision_ratios", {}).items():
+        drift = (f"; nips drift max {r['nips_max_abs_diff']:.4f} mean {r['nips_mean_abs_diff']:.4f} over "
+                 f"{r['drift_windows']} windows" if "nips_max_abs_diff" in r else "")
+        video = f", video encoder {r['video_encoder_p50_speedup']:.2f}x" if "video_encoder_p50_speedup" in r else ""
+        lines.append(f"{pair} (ran {r['ran_as']}): engines {r['engine_p50_speedup']:.2f}x{video}, "
+                     f"end-to-end {r['end_to_end_p50_speedup']:.2f}x (p50){drift}")
+    int8 = report.get("int8")
+    if int8:
+        acc = int8["accuracy"]
+        mae = (f"MAE change {acc['mae_change']:+.4f} NIPS" if acc.get("mae_change") is not None
+               else "MAE change not measurable (no ratings)")
+        lines.append(f"INT8 accuracy check at export ({acc['held_out_windows']} held-out windows of "
+                     f"{int8['calibration']['source']}): nips |INT8 - FP32| max {acc['nips_max_abs_diff']:.4f}, "
+                     f"mean {acc['nips_mean_abs_diff']:.4f}; {mae}")
     for pair, r in report["ratios"].items():
         lines.append(
             f"{pair}: engines {r['engine_p50_speedup']:.2f}x (p50), {r['engine_p99_speedup']:.2f}x (p99); "
@@ -340,15 +468,51 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for PyTorch and ONNX Runtime (default: all cores)")
     parser.add_argument("--camera", default=f"{DEFAULT_CAMERA[0]}x{DEFAULT_CAMERA[1]}", help="raw frame size WxH (default 1280x720)")
     parser.add_argument("--cache-dir", help="TensorRT engine cache (neopain build-engines)")
-    parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16",
-                        help="TensorRT engines to load; PyTorch uses FP16 on CUDA (default fp16)")
+    parser.add_argument("--precision", default="fp16",
+                        help="comma-separated, each run in turn: fp32, fp16 (TensorRT FP16, PyTorch FP16 on CUDA, ONNX "
+                        "Runtime FP32) or int8 (the QDQ parts: ONNX Runtime, TensorRT); default fp16")
+    parser.add_argument("--int8-calibration", metavar="CALIB_DIR",
+                        help="with --random and int8: calibrate on these windows / this dataset instead of synthetic windows")
     parser.add_argument("--json", help="write the report here (JSON)")
+
+
+def _export_random_child(config: str, out: str, int8: bool, calibration: str | None) -> None:
+    import torch
+
+    from models.configs import get_config
+    from models.estimator import create_pain_estimator
+    from models.export import export_model_dir
+
+    torch.manual_seed(0)
+    cfg = get_config(config)
+    export_model_dir(create_pain_estimator(cfg).eval(), cfg, out, progress=False)
+    if int8:
+        from models.manifest import read_manifest
+        from models.quantize import load_calibration_set, quantize_model_dir
+
+        manifest = read_manifest(out)
+        windows = (load_calibration_set(calibration, manifest) if calibration else synthetic_calibration_set(manifest))
+        quantize_model_dir(out, windows, progress=False)
+
+
+def export_random(config: str, out: str | Path, *, int8: bool = False, calibration: str | None = None) -> None:
+    """Export random weights of ``config`` to ``out`` (and its INT8 parts) in a child process.
+
+    Why a child: the benchmark's own memory must be the scoring path's, not that of a PyTorch model that
+    was only needed to write the ONNX files. Errors of the child are raised here.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        pool.submit(_export_random_child, config, str(out), int8, calibration).result()
 
 
 def run_bench(args: argparse.Namespace) -> int:
     """``neopain bench``: prints the table, writes the JSON; 1 when no backend could run."""
     from models.engines.base import EngineError
     from models.engines.runtime import BACKENDS
+    from models.export import ExportError
 
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = [b for b in backends if b not in BACKENDS]
@@ -361,27 +525,24 @@ def run_bench(args: argparse.Namespace) -> int:
     except ValueError:
         print(f"neopain bench: error: --camera must be WIDTHxHEIGHT, got {args.camera!r}", file=sys.stderr)
         return 1
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    if not precisions or any(p not in ("fp32", "fp16", "int8") for p in precisions):
+        print(f"neopain bench: error: --precision takes a comma-separated subset of fp32,fp16,int8, got {args.precision!r}",
+              file=sys.stderr)
+        return 1
     kwargs = dict(runs=args.runs, warmup=args.warmup, batch=args.batch, threads=args.threads, camera=(width, height),
-                  cache_dir=args.cache_dir, precision=args.precision)
+                  cache_dir=args.cache_dir, precision=precisions)
     try:
         if args.random:
-            import torch
-
-            from models.configs import get_config
-            from models.estimator import create_pain_estimator
-            from models.export import export_model_dir
-
             with tempfile.TemporaryDirectory(prefix="neopain-bench-") as tmp:
-                torch.manual_seed(0)
-                cfg = get_config(args.config)
-                export_model_dir(create_pain_estimator(cfg).eval(), cfg, tmp, progress=False)
+                export_random(args.config, tmp, int8="int8" in precisions, calibration=args.int8_calibration)
                 report = benchmark(tmp, backends, **kwargs)
                 report["model"]["model_dir"] = None
                 report["model"]["random"] = True
         else:
             report = benchmark(args.model_dir, backends, **kwargs)
             report["model"]["random"] = False
-    except (ValueError, EngineError) as exc:
+    except (ValueError, EngineError, ExportError) as exc:
         print(f"neopain bench: error: {exc}", file=sys.stderr)
         return 1
     print(format_report(report))

@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.engines.base import EngineError
+
 DEFAULT_OUTPUT_NAMES = ("nips", "item_logits", "modality_weights")
 
 
@@ -353,6 +355,33 @@ def add_export_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F8
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 17-20 (default: 17)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the --random weights")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--int8", metavar="CALIB_DIR",
+                        help="also write INT8 (QDQ) parts, calibrated on CALIB_DIR: the .npz windows of `neopain "
+                        "calibrate capture-int8`, or a dataset (its ratings then measure the MAE change)")
+    parser.add_argument("--int8-windows", type=int, default=64, help="INT8: windows to use at most (default 64)")
+    parser.add_argument("--int8-held-out", type=float, default=0.25,
+                        help="INT8: share of the windows held out of calibration for the accuracy check (default 0.25)")
+    parser.add_argument("--int8-max-mae-increase", type=float, default=0.05,
+                        help="INT8: refuse when the MAE worsens by more than this, NIPS (default 0.05)")
+
+
+def export_int8(out: str | Path, calib_dir: str | Path, *, windows: int = 64, held_out: float = 0.25,
+                max_mae_increase: float = 0.05, progress: bool = True) -> "Manifest":  # noqa: F821
+    """Quantize the model just exported to ``out`` on the windows in ``calib_dir`` (see :mod:`models.quantize`).
+
+    Raises :class:`ExportError` with the reason; after a refusal the FP32 model in ``out`` stays as it was.
+    """
+    from models.manifest import read_manifest
+    from models.quantize import QuantizationError, load_calibration_set, quantize_model_dir
+
+    try:
+        calibration = load_calibration_set(calib_dir, read_manifest(out), limit=windows)
+        return quantize_model_dir(out, calibration, held_out=held_out, max_mae_increase=max_mae_increase,
+                                  progress=progress)
+    except QuantizationError as exc:
+        raise ExportError(str(exc)) from exc
+    except EngineError as exc:  # calibration files: missing, wrong shape, unreadable
+        raise ExportError(str(exc)) from exc
 
 
 def run_export(args: "argparse.Namespace") -> int:  # noqa: F821
@@ -384,4 +413,22 @@ def run_export(args: "argparse.Namespace") -> int:  # noqa: F821
     for name, part in manifest.parts.items():
         print(f"  {name:15s} {part.onnx:20s} parity max abs error {part.parity_max_abs_error:.2e}")
     print(f"  end-to-end parity max abs error {manifest.end_to_end_parity_max_abs_error:.2e}")
+    if not args.int8:
+        return 0
+    try:
+        manifest = export_int8(args.out, args.int8, windows=args.int8_windows, held_out=args.int8_held_out,
+                               max_mae_increase=args.int8_max_mae_increase, progress=not args.quiet)
+    except ExportError as exc:
+        print(f"neopain export: error: {exc}", file=sys.stderr)
+        print(f"neopain export: the FP32 model in {args.out} is kept, without INT8 parts", file=sys.stderr)
+        return 1
+    int8 = manifest.int8
+    assert int8 is not None
+    print(f"INT8 (QDQ) parts, calibrated on {int8.calibration['calibration_windows']} windows of "
+          f"{int8.calibration['source']} (sha256 {int8.calibration['sha256'][:12]}...):")
+    for name, part in int8.parts.items():
+        print(f"  {name:15s} {part.onnx or '(float)':25s} " + (f"{part.quantized_ops} Q nodes" if part.onnx else part.reason))
+    from models.quantize import AccuracyCheck
+
+    print("  accuracy: " + AccuracyCheck(**int8.accuracy).summary())
     return 0

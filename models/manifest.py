@@ -10,7 +10,10 @@ expect, or whether they were damaged on the way to the device. The manifest reco
   of ONNX Runtime vs PyTorch measured at export;
 * the pre-processing constants (:func:`preprocessing_constants`): video mean/std/pixel scale, the log-Mel
   recipe, the vitals normalisation. The runtime compares them with the code it runs
-  (:func:`check_preprocessing`), so a device never feeds a model features it was not trained on.
+  (:func:`check_preprocessing`), so a device never feeds a model features it was not trained on;
+* optionally (``neopain export --int8``), the INT8 parts (:class:`Int8Info`): one QDQ graph per part beside
+  the FP32 one, the calibration set's hash and the accuracy check that let it in (:mod:`models.quantize`).
+  A part the quantizer could not handle is listed with the reason and runs in float.
 """
 
 from __future__ import annotations
@@ -74,6 +77,33 @@ class PartInfo:
 
 
 @dataclass(frozen=True)
+class Int8Part:
+    """One part's quantized (QDQ) graph, or why it has none."""
+
+    onnx: str | None  # file name inside MODEL_DIR; None: this part stays in float
+    sha256: str | None
+    quantized_ops: int
+    reason: str = ""  # why the part is not quantized ("" when it is)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "sha256": self.sha256, "quantized_ops": self.quantized_ops, "reason": self.reason}
+
+
+@dataclass(frozen=True)
+class Int8Info:
+    """The INT8 build of the model: QDQ parts, what calibrated them, and the accuracy check they passed."""
+
+    parts: dict[str, Int8Part]
+    calibration: dict[str, Any]  # source, sha256, windows, calibration_windows, held_out_windows
+    accuracy: dict[str, Any]  # models.quantize.AccuracyCheck.to_dict()
+    quantizer: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"parts": {n: p.to_dict() for n, p in self.parts.items()}, "calibration": self.calibration,
+                "accuracy": self.accuracy, "quantizer": self.quantizer}
+
+
+@dataclass(frozen=True)
 class Manifest:
     model_version: str
     config_name: str
@@ -83,6 +113,7 @@ class Manifest:
     preprocessing: dict[str, Any]
     end_to_end_parity_max_abs_error: float
     exporter: dict[str, str] = field(default_factory=dict)
+    int8: Int8Info | None = None  # present after `neopain export --int8` passed its accuracy check
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.config)
@@ -98,6 +129,7 @@ class Manifest:
             "preprocessing": self.preprocessing,
             "end_to_end_parity_max_abs_error": self.end_to_end_parity_max_abs_error,
             "exporter": self.exporter,
+            **({"int8": self.int8.to_dict()} if self.int8 is not None else {}),
         }
 
 
@@ -201,6 +233,26 @@ def _tensor(data: Any, where: str) -> TensorSpec:
     return TensorSpec(_get(data, "name", str, where), tuple(shape), _get(data, "dtype", str, where))
 
 
+def _int8(data: Any, where: str, part_names: set[str]) -> Int8Info:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where} must be an object")
+    parts = {}
+    for name, part in _get(data, "parts", dict, where).items():
+        pw = f"{where}.parts.{name}"
+        if name not in part_names:
+            raise ManifestError(f"{pw}: no FP32 part of that name (parts: {sorted(part_names)})")
+        if not isinstance(part, dict):
+            raise ManifestError(f"{pw} must be an object")
+        onnx, sha = part.get("onnx"), part.get("sha256")
+        if (onnx is None) != (sha is None) or not all(v is None or isinstance(v, str) for v in (onnx, sha)):
+            raise ManifestError(f"{pw}: keys 'onnx' and 'sha256' must both be strings or both null")
+        parts[name] = Int8Part(onnx, sha, _get(part, "quantized_ops", int, pw), str(part.get("reason", "")))
+    accuracy = _get(data, "accuracy", dict, where)
+    if accuracy.get("passed") is not True:
+        raise ManifestError(f"{where}.accuracy: the INT8 parts did not pass their accuracy check; re-export")
+    return Int8Info(parts, _get(data, "calibration", dict, where), accuracy, dict(data.get("quantizer", {})))
+
+
 def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     """Validate and build a :class:`Manifest`; errors name the offending key."""
     if not isinstance(data, dict):
@@ -229,6 +281,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         preprocessing=_get(data, "preprocessing", dict, where),
         end_to_end_parity_max_abs_error=float(_get(data, "end_to_end_parity_max_abs_error", (int, float), where)),
         exporter=dict(data.get("exporter", {})),
+        int8=_int8(data["int8"], f"{where}: int8", set(parts)) if data.get("int8") is not None else None,
     )
     try:
         manifest.model_config()
@@ -272,9 +325,30 @@ def verify_part(model_dir: str | Path, manifest: Manifest, name: str) -> Path:
     return path
 
 
+def verify_int8_part(model_dir: str | Path, manifest: Manifest, name: str) -> Path | None:
+    """Path of part ``name``'s QDQ graph after its sha256 check; None when the model or the part has none."""
+    from models.engines.cache import sha256_file
+
+    if manifest.int8 is None or name not in manifest.int8.parts or manifest.int8.parts[name].onnx is None:
+        return None
+    part = manifest.int8.parts[name]
+    path = Path(model_dir) / str(part.onnx)
+    if not path.is_file():
+        raise ManifestError(f"INT8 file {path} of part {name!r} is missing; re-export with `neopain export --int8`")
+    digest = sha256_file(path)
+    if digest != part.sha256:
+        raise ManifestError(
+            f"INT8 file {path} of part {name!r} is corrupted or replaced (sha256 {digest[:12]}... vs manifest "
+            f"{str(part.sha256)[:12]}...); re-export with `neopain export --int8`"
+        )
+    return path
+
+
 __all__ = [
     "ESTIMATOR_NAME",
     "MANIFEST_NAME",
+    "Int8Info",
+    "Int8Part",
     "Manifest",
     "ManifestError",
     "PartInfo",
@@ -283,6 +357,7 @@ __all__ = [
     "manifest_from_dict",
     "preprocessing_constants",
     "read_manifest",
+    "verify_int8_part",
     "verify_part",
     "write_manifest",
 ]

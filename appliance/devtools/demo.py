@@ -7,8 +7,8 @@ infant through the real camera/ALSA/serial paths, the daemon started exactly as 
 score as it arrives.
 
 The model: a tiny fusion model trained briefly on a small synthetic cohort and exported to a model
-directory, cached under ``~/.cache/neopain/demo/model`` (or ``<workdir>/model`` when the home cache is not
-writable) so only the first run pays for it (a few minutes on 2 CPU cores; progress is shown). Its scores
+directory, cached under ``~/.cache/neopain/demo/model-faces2`` (or ``<workdir>/model-faces2`` when the home
+cache is not writable) so only the first run pays for it (a few minutes on 2 CPU cores; progress is shown). Its scores
 are demonstrations of the pipeline, not clinical estimates.
 """
 from __future__ import annotations
@@ -31,6 +31,10 @@ from appliance.mqtt import topics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CACHE = Path("~/.cache/neopain/demo").expanduser()
+#: The synthetic faces' rendering, in the names of everything made from them: a model trained on (or a bed
+#: playing) the earlier drawn ovals, which no real face detector finds, is not reused.
+FACES = "faces2"
+MODEL_DIR = f"model-{FACES}"
 MANIFEST = "manifest.json"
 
 
@@ -43,7 +47,7 @@ def find_model(workdir: Path) -> Path | None:
     """An exported demo model already cached (home cache first, then the workdir)."""
     from models.manifest import check_preprocessing, read_manifest
 
-    for candidate in (DEMO_CACHE / "model", workdir / "model"):
+    for candidate in (DEMO_CACHE / MODEL_DIR, workdir / MODEL_DIR):
         if (candidate / MANIFEST).is_file():
             try:
                 check_preprocessing(read_manifest(candidate))
@@ -60,9 +64,9 @@ def _model_target(workdir: Path) -> Path:
         probe = DEMO_CACHE / ".write-test"
         probe.write_text("")
         probe.unlink()
-        return DEMO_CACHE / "model"
+        return DEMO_CACHE / MODEL_DIR
     except OSError:
-        return workdir / "model"
+        return workdir / MODEL_DIR
 
 
 def build_demo_model(workdir: Path, *, infants: int = 12, minutes: float = 1.0, epochs: int = 15,
@@ -76,7 +80,7 @@ def build_demo_model(workdir: Path, *, infants: int = 12, minutes: float = 1.0, 
     from models.train import TrainConfig, prepare_samples, train_model
 
     cfg = tiny_config()
-    work = workdir / "training"
+    work = workdir / f"training-{FACES}"
     cohort = work / "cohort"
     if not (cohort / "subjects.csv").is_file():
         _say(f"1/3 synthesising a {infants}-infant cohort ({minutes:g} min each) in {cohort}")
@@ -221,11 +225,11 @@ def run_demo(args: argparse.Namespace) -> int:
         model_dir = build_demo_model(workdir)
     _say(f"model: {model_dir}")
 
-    bed_cohort = workdir / "bed-cohort"
+    bed_cohort = workdir / f"bed-cohort-{FACES}"
     if not (bed_cohort / "subjects.csv").is_file():
         _say("synthesising the simulated bed's infant")
         shutil.rmtree(bed_cohort, ignore_errors=True)
-        synth_bed_cohort(bed_cohort, minutes=1.0, seed=7, video_size=112)
+        synth_bed_cohort(bed_cohort, minutes=1.0, seed=7)  # at the bed camera's resolution: the detector runs
     run_dir = Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
     broker, port = start_broker(run_dir)
     _say(f"mosquitto on 127.0.0.1:{port}")

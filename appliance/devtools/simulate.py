@@ -13,9 +13,10 @@ parsing a monitor's wire protocol -- so a simulated run finds the same bugs a cl
   paced and returns zeros after end of file (see ../shared/reference.md), so the Microphone paces itself
   (``MicrophoneConfig(pace_realtime=True)``). With ``loop=True`` the ``infile`` is a named pipe that a
   feeder thread keeps full with the PCM, round and round: the loop never ends and no file grows. The bed
-  holds the pipe open for reading *and* writing, so the reader never sees end of file or a half-filled pipe
-  (the file plugin pads a short read with zeros; a full pipe means every read is whole). With
-  ``loop=False`` the ``infile`` is the PCM file itself, played once.
+  holds the pipe open for reading *and* writing, so the reader never sees end of file, and writes only
+  whole atomic 4 KiB blocks, so a read never finds part of a period (the file plugin completes a short
+  read with stale bytes and shifts the stream: see :class:`PcmPipeFeeder`). With ``loop=False`` the
+  ``infile`` is the PCM file itself, played once.
 - **Monitor**: a pty pair on which :class:`~appliance.devtools.monitor_emulator.MonitorEmulator` speaks Masimo
   ASCII 1 or IntelliVue MIB/RS232 in real time (times ``speed``), with HR/SpO2 from the recording's
   ``vitals.csv`` (sample-and-hold of its 1 Hz numerics) and, for IntelliVue, the ECG II wave from its
@@ -237,19 +238,37 @@ def write_alsa_file_config(path: Path, infile: Path, pcm_name: str) -> Path:
     return path
 
 
+#: Bytes per pipe write. At most PIPE_BUF (4096 on Linux), so a non-blocking write is all or nothing: the
+#: pipe only ever holds whole blocks beyond what a reader has taken. 4096 bytes are a whole number of
+#: S16 mono periods for every power-of-two period up to 2048 frames (the appliance's default is 1024).
+BLOCK_BYTES = 4096
+
+
 class PcmPipeFeeder:
     """Keeps a named pipe full with ``pcm`` (round and round) so the ALSA file plugin can read it forever.
 
     The pipe is opened read+write here: the reader's open never blocks, a reader closing does not break the
     writer (no EPIPE), and reopening the PCM simply continues the stream. Writes are non-blocking with
     select, so :meth:`stop` is prompt even while the pipe is full.
+
+    Why whole blocks: the file plugin makes one ``read()`` of the infile per period and does not retry a
+    short one; a pipe returns whatever it holds, so a pipe holding less than a period gives a period
+    completed with stale bytes, and every later period is shifted (an unpaced reader that outran the feeder
+    got "zeros after the loop point"). The feeder therefore writes the stream only in atomic
+    :data:`BLOCK_BYTES` blocks: the pipe then holds a multiple of the block past any period boundary of a
+    reader whose period divides it, so each read either waits for the feeder (empty pipe) or gets a whole
+    period, however fast the reader is. A reader paced in real time (the appliance's Microphone) never gets
+    near the feeder at all: the pipe holds about 32 s ahead.
     """
 
     def __init__(self, path: Path, pcm: np.ndarray, pipe_bytes: int = 1 << 20) -> None:
         if pcm.size == 0:
             raise ValueError("PcmPipeFeeder: empty PCM")
         self.path = path
-        self._data = pcm.astype("<i2").tobytes()
+        data = pcm.astype("<i2").tobytes()
+        self._period = len(data)  # the loop, in bytes
+        # one loop plus enough of its start that any block can be sliced without wrapping
+        self._ring = data * (1 + -(-BLOCK_BYTES // len(data)))
         self._pos = 0
         self.bytes_written = 0
         self._stop = threading.Event()
@@ -259,6 +278,7 @@ class PcmPipeFeeder:
             fcntl.fcntl(self._fd, fcntl.F_SETPIPE_SZ, pipe_bytes)  # 1 MiB = 32 s of audio in flight
         except OSError as exc:  # over /proc/sys/fs/pipe-max-size: the default 64 KiB (2 s) still works
             log.info("simulated bed: pipe size left at default (%s)", exc)
+        self.capacity = fcntl.fcntl(self._fd, fcntl.F_GETPIPE_SZ)
         self._thread = threading.Thread(target=self._run, name="bed-pcm-feeder", daemon=True)
 
     def start(self) -> "PcmPipeFeeder":
@@ -267,13 +287,13 @@ class PcmPipeFeeder:
         return self
 
     def _fill(self) -> None:
+        """Write whole blocks until the pipe is full (a block that does not fit is not written at all)."""
         while not self._stop.is_set():
-            chunk = self._data[self._pos:self._pos + 65536]
             try:
-                n = os.write(self._fd, chunk)
+                n = os.write(self._fd, self._ring[self._pos:self._pos + BLOCK_BYTES])
             except BlockingIOError:
                 return
-            self._pos = (self._pos + n) % len(self._data)
+            self._pos = (self._pos + n) % self._period
             self.bytes_written += n
 
     def _run(self) -> None:
@@ -441,9 +461,9 @@ class SimulatedBed:
         camera: dict[str, Any] = {"enabled": True, "source": self.camera_source, "kind": "file",
                                   "fps": round(min(max(self.camera_fps, 1.0), 120.0), 6),
                                   "width": width, "height": height, "loop": self.loop,
-                                  # The synthetic videos are face-framed (docs/dataset.md), like a camera
-                                  # mounted over the cot: the whole frame is the face region.
-                                  "face_roi": [0, 0, width, height]}
+                                  # No fixed ROI: the device's face detector finds the rendered face, as it
+                                  # would the infant's at a real bed.
+                                  "face_roi": []}
         # The file plugin returns data as fast as it is read: the microphone must pace itself.
         microphone: dict[str, Any] = {"enabled": True, "device": self.alsa_device, "rate": PCM_RATE,
                                       "pace_realtime": True}
@@ -502,7 +522,13 @@ def write_appliance_config(path: Path | str, bed: SimulatedBed, **sections: Mapp
 # ------------------------------------------------------------------------------------------------- cohort + CLI
 
 
-def synth_bed_cohort(root: Path | str, *, minutes: float = 1.0, seed: int = 0, video_size: int = 112) -> Path:
+#: The simulated bed's camera: frames of this side, rendered at that resolution (not upscaled), so the device's
+#: face detector sees what it would see of an infant from a camera over the cot.
+BED_VIDEO_SIZE = 320
+
+
+def synth_bed_cohort(root: Path | str, *, minutes: float = 1.0, seed: int = 0,
+                     video_size: int = BED_VIDEO_SIZE) -> Path:
     """A one-infant synthetic cohort for the bed (``--cohort`` not given); returns the cohort root."""
     from models.data.synth import SynthOptions, synth_cohort
 

@@ -23,6 +23,7 @@ from typing import Any, Iterable, Mapping
 
 from appliance import clock
 from appliance.isotime import parse_iso8601
+from appliance.textcut import cut
 from models.vocabulary import INTENSITY_MAX, MODALITIES, NIPS_ITEM_MESSAGE_NAMES, NIPS_MAX
 from models.vocabulary import NIPS_ITEMS as MODEL_NIPS_ITEMS
 
@@ -183,11 +184,16 @@ def build_health(
     last_score_age_s: float | None = None,
     state: str = "ok",
     detail: str | None = None,
+    confirmations: Mapping[str, Any] | None = None,
+    source_restarts: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """Build the retained health message: what works, how fast, and how far behind the outbox is.
 
     ``state`` is ``ok`` (scoring), ``degraded`` (scoring with something missing) or ``no_score`` (not
     scoring: all modalities missing, engines failed); ``detail`` is human text for the ward screen.
+    ``confirmations`` is what the stations confirmed having stored (``appliance.mqtt.confirmations``); the
+    publisher adds it, checked here against ``CONFIRMATIONS_HEALTH_SCHEMA``'s rules. ``source_restarts``
+    (optional) counts, per source, how often its driver thread died and was restarted.
     """
     if state not in ("ok", "degraded", "no_score"):
         raise ValueError(f"state: {state!r} is not one of ok, degraded, no_score")
@@ -215,7 +221,48 @@ def build_health(
     }
     if detail is not None:
         msg["detail"] = _text("detail", detail, max_len=500)
+    if confirmations is not None:
+        msg["confirmations"] = _confirmations_health(confirmations)
+    if source_restarts is not None:
+        msg["source_restarts"] = {_text("source_restarts key", k, max_len=64): _integer(f"source_restarts.{k}", v)
+                                  for k, v in source_restarts.items()}
     return msg
+
+
+def _confirmations_health(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The health message's ``confirmations`` block, checked field by field (names the field on refusal)."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"confirmations: expected a mapping, got {type(value).__name__}")
+    state = value.get("state")
+    if state not in CONFIRMATION_STATES:
+        raise ValueError(f"confirmations.state: {state!r} is not one of {', '.join(CONFIRMATION_STATES)}")
+    unconfirmed = value.get("unconfirmed")
+    if (state == "none") != (unconfirmed is None):
+        raise ValueError("confirmations.unconfirmed: null exactly when no station confirms (state 'none')")
+    gaps = value.get("gaps", [])
+    if not isinstance(gaps, (list, tuple)) or len(gaps) > MAX_HEALTH_GAPS:
+        raise ValueError(f"confirmations.gaps: expected at most {MAX_HEALTH_GAPS} [first, last] ranges")
+    stations = value.get("stations", {})
+    if not isinstance(stations, Mapping) or len(stations) > MAX_CONFIRMING_STATIONS:
+        raise ValueError(f"confirmations.stations: expected at most {MAX_CONFIRMING_STATIONS} stations")
+    highest = value.get("highest_published")
+    return {
+        "state": state,
+        "grace_s": _number("confirmations.grace_s", value.get("grace_s"), 0),
+        "unconfirmed": None if unconfirmed is None else _integer("confirmations.unconfirmed", unconfirmed),
+        "awaiting": _integer("confirmations.awaiting", value.get("awaiting", 0)),
+        "gaps": [list(_range("confirmations.gaps[]", g)) for g in gaps],
+        "highest_published": None if highest is None else _integer("confirmations.highest_published", highest),
+        "stations": {
+            _text("confirmations.stations key", name, max_len=MAX_STATION_ID_LEN): {
+                "through": _integer(f"confirmations.stations.{name}.through", entry.get("through")),
+                "highest": _integer(f"confirmations.stations.{name}.highest", entry.get("highest")),
+                "age_s": _number(f"confirmations.stations.{name}.age_s", entry.get("age_s"), 0),
+            }
+            for name, entry in stations.items()
+        },
+        "invalid": _integer("confirmations.invalid", value.get("invalid", 0)),
+    }
 
 
 def build_vitals(
@@ -238,6 +285,131 @@ def build_vitals(
 def encode(message: Mapping[str, Any]) -> bytes:
     """Compact UTF-8 JSON; ``allow_nan=False`` so a NaN that slipped past a builder fails here, not downstream."""
     return json.dumps(message, separators=(",", ":"), allow_nan=False, sort_keys=True).encode("utf-8")
+
+
+# ----------------------------------------------------------------------------------------- confirmations
+# "Delivered" at the device means the broker took the score (PUBACK); only a station can say it stored it.
+# Each station publishes, per bed, what it has stored of that device's sequence on
+# ``<prefix>/confirm/<station-id>`` (retained, QoS 1; ``appliance.station.confirm``), and the device counts the
+# scores no station has confirmed (``appliance.mqtt.confirmations``). The claim: every sequence in
+# [since, highest] is stored except those in ``missing``; ``through`` (the highest contiguous one) is
+# ``missing[0][0] - 1``, or ``highest`` when nothing is missing. Sequences below ``since`` are not claimed.
+
+#: Largest confirmation payload accepted (bytes): 32 ranges of two 19-digit numbers fit in 1.5 kB.
+MAX_CONFIRMATION_BYTES = 4096
+#: Most missing ranges one confirmation carries (a station forgets its oldest gaps beyond this).
+MAX_MISSING_RANGES = 32
+#: Most stations a device keeps track of, and most gap ranges its health message lists.
+MAX_CONFIRMING_STATIONS = 16
+MAX_HEALTH_GAPS = 8
+MAX_STATION_ID_LEN = 64
+#: Health ``confirmations.state``: ``none`` (no station has confirmed anything: nothing can be judged) or
+#: ``confirming`` (at least one station's confirmation is known; ``unconfirmed`` counts what none has stored).
+CONFIRMATION_STATES = ("none", "confirming")
+_SEQ_MAX = 2**63 - 1  # the outbox counter is an SQLite INTEGER
+
+
+def _range(name: str, value: Any) -> tuple[int, int]:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise ValueError(f"{name}: expected [first, last], got {value!r:.80}")
+    first, last = (_integer(name, v) for v in value)
+    if last < first:
+        raise ValueError(f"{name}: last {last} is before first {first}")
+    return first, last
+
+
+@dataclass(frozen=True)
+class Confirmation:
+    """One station's claim about one device's scores (see the section comment above)."""
+
+    device_id: str
+    since: int
+    through: int
+    highest: int
+    missing: tuple[tuple[int, int], ...] = ()
+    utc: str | None = None
+
+    def covered(self) -> list[tuple[int, int]]:
+        """The stored ranges, oldest first: [since, highest] without the missing ranges."""
+        out, start = [], self.since
+        for first, last in self.missing:
+            out.append((start, first - 1))
+            start = last + 1
+        out.append((start, self.highest))
+        return out
+
+    def covers(self, sequence: int) -> bool:
+        return self.since <= sequence <= self.highest and not any(a <= sequence <= b for a, b in self.missing)
+
+
+def _check_claim(since: int, highest: int, missing: Iterable[Any]) -> tuple[tuple[int, int], ...]:
+    """The missing ranges if they fit the claim: inside (since, highest), ascending, apart, at most 32."""
+    if highest < since:
+        raise ValueError(f"confirmation.highest: {highest} is below since {since}")
+    if highest > _SEQ_MAX:
+        raise ValueError(f"confirmation.highest: {highest} is beyond a 64-bit sequence")
+    ranges: list[tuple[int, int]] = []
+    if not isinstance(missing, (list, tuple)):
+        raise ValueError(f"confirmation.missing: expected a list of [first, last], got {type(missing).__name__}")
+    if len(missing) > MAX_MISSING_RANGES:
+        raise ValueError(f"confirmation.missing: {len(missing)} ranges, at most {MAX_MISSING_RANGES}")
+    floor = since + 1  # since itself is stored (it is the first stored sequence)
+    for i, item in enumerate(missing):
+        first, last = _range(f"confirmation.missing[{i}]", item)
+        if first < floor or last >= highest:
+            raise ValueError(f"confirmation.missing[{i}]: [{first}, {last}] must lie inside ({since}, {highest}), "
+                             f"ascending and apart")
+        ranges.append((first, last))
+        floor = last + 2
+    return tuple(ranges)
+
+
+def build_confirmation(*, device_id: str, since: int, highest: int,
+                       missing: Iterable[tuple[int, int]] = (), utc: str | None = None) -> dict[str, Any]:
+    """Build a station's confirmation for one bed; ``through`` is derived so it cannot disagree."""
+    since = _integer("confirmation.since", since)
+    highest = _integer("confirmation.highest", highest)
+    ranges = _check_claim(since, highest, list(missing))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "type": "confirmation",
+        "device_id": _text("confirmation.device_id", device_id),
+        "utc": utc or _utc_now_iso(),
+        "since": since,
+        "through": ranges[0][0] - 1 if ranges else highest,
+        "highest": highest,
+        "missing": [list(r) for r in ranges],
+    }
+
+
+def parse_confirmation(payload: bytes) -> Confirmation:
+    """A confirmation as received by the device: bounded size, a UTF-8 JSON object, every field typed and
+    consistent; ``ValueError`` naming the field otherwise (the device counts, logs and ignores it)."""
+    if len(payload) > MAX_CONFIRMATION_BYTES:
+        raise ValueError(f"confirmation: payload of {len(payload)} bytes exceeds {MAX_CONFIRMATION_BYTES}")
+    try:
+        body = json.loads(payload.decode("utf-8"), parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise ValueError(f"confirmation: not UTF-8 JSON ({type(exc).__name__}: {str(exc)[:120]})") from None
+    if not isinstance(body, dict):
+        raise ValueError(f"confirmation: must be a JSON object, got {type(body).__name__}")
+    if body.get("schema_version") != SCHEMA_VERSION:
+        raise ValueError(f"confirmation.schema_version: expected {SCHEMA_VERSION}, "
+                         f"got {body.get('schema_version')!r:.40}")
+    if body.get("type") != "confirmation":
+        raise ValueError(f"confirmation.type: expected 'confirmation', got {body.get('type')!r:.40}")
+    device_id = _text("confirmation.device_id", body.get("device_id"))
+    since = _integer("confirmation.since", body.get("since"))
+    through = _integer("confirmation.through", body.get("through"))
+    highest = _integer("confirmation.highest", body.get("highest"))
+    ranges = _check_claim(since, highest, body.get("missing", []))
+    want = ranges[0][0] - 1 if ranges else highest
+    if through != want:
+        raise ValueError(f"confirmation.through: {through} does not match since/missing/highest (expected {want})")
+    utc = body.get("utc")
+    if utc is not None and (not isinstance(utc, str) or len(utc) > 40):
+        raise ValueError(f"confirmation.utc: expected an ISO 8601 string, got {utc!r:.60}")
+    return Confirmation(device_id=device_id, since=since, through=through, highest=highest, missing=ranges, utc=utc)
 
 
 # --------------------------------------------------------------------------------------------- commands
@@ -352,7 +524,7 @@ def _parse_command(name: str, payload: bytes, *, topic: str, known: frozenset[st
                    bed: str | None) -> tuple[Command, dict[str, Any]]:
     """:func:`parse_command` plus the decoded JSON object (the HMAC check needs the envelope as sent)."""
     if name not in known:
-        raise CommandError("unknown", f"command {name[:80]!r} is not one of {', '.join(sorted(known))}")
+        raise CommandError("unknown", f"command {cut(name)} is not one of {', '.join(sorted(known))}")
     if len(payload) > MAX_COMMAND_BYTES:
         raise CommandError("malformed", f"command {name!r}: payload of {len(payload)} bytes exceeds "
                                         f"{MAX_COMMAND_BYTES}")
@@ -499,6 +671,38 @@ SCORE_SCHEMA: dict[str, Any] = {
     },
 }
 
+_RANGE = {"type": "array", "prefixItems": [_UINT, _UINT], "minItems": 2, "maxItems": 2}
+
+#: The ``confirmations`` block of the health message (``appliance.mqtt.confirmations``).
+CONFIRMATIONS_HEALTH_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["state", "grace_s", "unconfirmed", "awaiting", "gaps", "highest_published", "stations", "invalid"],
+    "properties": {
+        "state": {"enum": list(CONFIRMATION_STATES)},
+        "grace_s": {"type": "number", "minimum": 0},
+        "unconfirmed": {"type": ["integer", "null"], "minimum": 0},
+        "awaiting": _UINT,
+        "gaps": {"type": "array", "maxItems": MAX_HEALTH_GAPS, "items": _RANGE},
+        "highest_published": {"type": ["integer", "null"], "minimum": 0},
+        "stations": {
+            "type": "object",
+            "maxProperties": MAX_CONFIRMING_STATIONS,
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["through", "highest", "age_s"],
+                "properties": {"through": _UINT, "highest": _UINT, "age_s": {"type": "number", "minimum": 0}},
+            },
+        },
+        "invalid": _UINT,
+    },
+    # "No station confirms" is never written as "0 unconfirmed".
+    "if": {"properties": {"state": {"const": "none"}}},
+    "then": {"properties": {"unconfirmed": {"type": "null"}}},
+    "else": {"properties": {"unconfirmed": {"type": "integer"}}},
+}
+
 HEALTH_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "$id": "https://neopain.example/schema/health-1.json",
@@ -524,6 +728,8 @@ HEALTH_SCHEMA: dict[str, Any] = {
         },
         "last_score_age_s": {"type": ["number", "null"], "minimum": 0},
         "detail": {"type": "string"},
+        "confirmations": CONFIRMATIONS_HEALTH_SCHEMA,
+        "source_restarts": {"type": "object", "additionalProperties": _UINT},
     },
 }
 
@@ -543,5 +749,24 @@ VITALS_SCHEMA: dict[str, Any] = {
         "hr_bpm": {"type": ["number", "null"], "minimum": 0, "maximum": 350},
         "spo2_pct": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
         "source": {"type": ["string", "null"]},
+    },
+}
+
+CONFIRMATION_SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "$id": "https://neopain.example/schema/confirmation-1.json",
+    "title": "neopain confirmation (station -> device, neopain/<site>/<bed>/confirm/<station-id>, retained)",
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["schema_version", "type", "device_id", "utc", "since", "through", "highest", "missing"],
+    "properties": {
+        "schema_version": {"const": SCHEMA_VERSION},
+        "type": {"const": "confirmation"},
+        "device_id": {"type": "string", "minLength": 1, "maxLength": 200},
+        "utc": _ISO,
+        "since": _UINT,
+        "through": _UINT,
+        "highest": _UINT,
+        "missing": {"type": "array", "maxItems": MAX_MISSING_RANGES, "items": _RANGE},
     },
 }

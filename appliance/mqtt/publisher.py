@@ -2,8 +2,9 @@
 
 Topics under the bed's prefix ``neopain/<site>/<bed>/`` (vocabulary in ``appliance.mqtt.topics``):
 
-- ``score``   QoS 1, MQTT 5 message expiry; every score goes through the ``Outbox`` (written before it is
-  published, deleted on PUBACK, replayed oldest first on every (re)connect, in this process or the next).
+- ``score``   QoS ``[mqtt] qos`` (1 or 2), MQTT 5 message expiry; every score goes through the ``Outbox``
+  (written before it is published, deleted when the broker has it -- PUBACK at QoS 1, PUBCOMP at QoS 2 --
+  replayed oldest first on every (re)connect, in this process or the next).
 - ``status``  retained ``online`` / ``offline`` (plain text). ``offline`` is the last will (QoS 1, retained), so
   a crashed or unplugged device reads offline; a clean ``stop()`` publishes it explicitly before disconnecting.
 - ``health``  retained JSON, every ``health_interval_s`` and on each connect; content from a callback plus the
@@ -11,6 +12,8 @@ Topics under the bed's prefix ``neopain/<site>/<bed>/`` (vocabulary in ``applian
 - ``vitals``  optional, QoS 0, best effort (dropped and counted while disconnected).
 - ``cmd/#``   subscribed; ``cmd/<name>`` with a JSON object payload is handed to a callback; malformed JSON or
   an unknown name is logged and counted, never raised.
+- ``confirm/+`` subscribed; what each station has stored, for ``confirmations.ConfirmationTracker`` (health's
+  ``confirmations``: scores the broker took that no station confirmed after ``confirm_grace_s``).
 
 Threads: the caller (scoring loop) only writes to the outbox and sets an event — it never waits on the
 network. One pump thread owns every ``client.publish`` and the map from MQTT packet ids to outbox rows; paho's
@@ -26,6 +29,7 @@ from __future__ import annotations
 import logging
 import math
 import queue
+import sqlite3
 import sys
 import threading
 import time
@@ -45,7 +49,9 @@ from appliance.config import default
 
 from appliance.mqtt import messages, topics
 from appliance.mqtt.client import make_client, read_password
-from appliance.mqtt.outbox import Outbox
+from appliance.mqtt.confirmations import ConfirmationTracker
+from appliance.mqtt.outbox import Outbox, OutboxStats
+from appliance.textcut import cut
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +97,13 @@ class PublisherConfig:
     health_interval_s: float = default("mqtt", "health_interval_s")
     outbox_max_rows: int = default("outbox", "max_rows")
     inflight_window: int = 20
+    qos: int = default("mqtt", "qos")  # of scores: 1 (PUBACK releases the outbox row) or 2 (PUBCOMP does)
     reconnect_min_s: int = 1
     reconnect_max_s: int = 30
     publish_vitals: bool = default("mqtt", "publish_vitals")
     known_commands: frozenset[str] = field(default_factory=lambda: messages.KNOWN_COMMANDS)
     command_key: bytes | None = field(default=None, repr=False)  # station HMAC key (config.command_key)
+    confirm_grace_s: float = default("mqtt", "confirm_grace_s")  # unconfirmed by any station after this long
 
     def __post_init__(self) -> None:
         topics.check_level("mqtt.site", self.site)
@@ -110,6 +118,10 @@ class PublisherConfig:
             raise ValueError(f"mqtt.score_expiry_s: must be > 0, got {self.score_expiry_s}")
         if not self.health_interval_s > 0:
             raise ValueError(f"mqtt.health_interval_s: must be > 0, got {self.health_interval_s}")
+        if not (math.isfinite(self.confirm_grace_s) and self.confirm_grace_s > 0):
+            raise ValueError(f"mqtt.confirm_grace_s: must be a finite number > 0, got {self.confirm_grace_s}")
+        if self.qos not in (1, 2):
+            raise ValueError(f"mqtt.qos: must be 1 or 2 (the outbox waits for the broker), got {self.qos!r}")
         if self.inflight_window < 1:
             raise ValueError(f"mqtt.inflight_window: must be >= 1, got {self.inflight_window}")
         if not 0 < self.reconnect_min_s <= self.reconnect_max_s:
@@ -149,6 +161,7 @@ class PublisherStats:
     outbox_depth: int = 0
     outbox_dropped_overflow: int = 0
     outbox_dropped_expired: int = 0
+    network_errors: int = 0  # exceptions paho's network loop raised (logged; the loop was re-entered)
 
 
 class Publisher:
@@ -174,6 +187,8 @@ class Publisher:
         # Size, JSON, envelope, target bed, freshness and replay checks of every command (see messages.py).
         self._command_guard = messages.CommandGuard(bed=config.bed, known=config.known_commands,
                                                     key=config.command_key)
+        self.confirmations = ConfirmationTracker(device_id=config.device_id, prefix=config.prefix,
+                                                 grace_s=config.confirm_grace_s)
         self._password = read_password(config.password_file) if config.password_file else None
         for name in ("tls_ca", "tls_cert", "tls_key"):
             p = getattr(config, name)
@@ -189,6 +204,7 @@ class Publisher:
         self._generation = 0  # bumped by on_connect (paho thread), read by the pump
         self._health_now = threading.Event()
         self._last_score_ns: int | None = None
+        self._last_outbox_stats: OutboxStats | None = None
         self._client: mqtt.Client | None = None
         self._pump_thread: threading.Thread | None = None
 
@@ -224,6 +240,8 @@ class Publisher:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_loop_error = self._on_loop_error
+        client.loop_retry_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         self._client = client
         self._set_state(ConnectionState.CONNECTING, None)
         client.connect_async(cfg.host, cfg.port, keepalive=cfg.keepalive_s, clean_start=True)
@@ -315,7 +333,7 @@ class Publisher:
             log.error("mqtt: %s:%s refused the connection: %s", self.config.host, self.config.port, reason_code)
             return
         self._discard_paho_inflight(client)
-        client.subscribe(self.config.topic(f"{topics.CMD}/#"), qos=1)
+        client.subscribe([(self.config.topic(f"{topics.CMD}/#"), 1), (topics.confirm_filter(self.config.prefix), 1)])
         client.publish(self.config.topic(topics.STATUS), messages.STATUS_ONLINE, qos=1, retain=True)
         self._generation += 1
         with self._stats_lock:
@@ -331,6 +349,18 @@ class Publisher:
         text = f"{type(exc).__name__}: {exc}" if exc else "connection failed"
         self._set_state(ConnectionState.FAILED, f"cannot connect to {self.config.host}:{self.config.port}: {text}")
         log.error("mqtt: cannot connect to %s:%s: %s", self.config.host, self.config.port, text)
+
+    def _on_loop_error(self, exc: BaseException, retry_in_s: float) -> None:
+        # Runs on the network thread after the client logged it: record why we are (or may be) not connected.
+        with self._stats_lock:
+            self._stats.network_errors += 1
+        text = (f"mqtt network loop failed for {cut(self.config.host)}:{self.config.port}: {type(exc).__name__}: "
+                f"{exc}; retrying in {retry_in_s:g} s")
+        client = self._client
+        if client is not None and client.is_connected():  # the client reconnects after the pause
+            self._set_state(ConnectionState.DISCONNECTED, text)
+        else:
+            self._set_state(ConnectionState.FAILED, text)
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: ReasonCode,
                        properties: Any) -> None:
@@ -348,6 +378,9 @@ class Publisher:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if self.confirmations.owns(msg.topic):
+            self.confirmations.receive(msg.topic, msg.payload)  # never raises
+            return
         prefix = self.config.topic(f"{topics.CMD}/")
         name = msg.topic[len(prefix):] if msg.topic.startswith(prefix) else ""
         try:
@@ -356,7 +389,7 @@ class Publisher:
             counter = "commands_unknown" if exc.kind == "unknown" else "commands_malformed"
             with self._stats_lock:
                 setattr(self._stats, counter, getattr(self._stats, counter) + 1)
-            log.warning("mqtt: ignored command on %s: %s", msg.topic, exc)
+            log.warning("mqtt: ignored command on %s: %s", cut(msg.topic), exc)
             return
         with self._stats_lock:
             self._stats.commands_ok += 1
@@ -411,6 +444,8 @@ class Publisher:
                 continue  # status/health ack, or a copy from an older connection
             # A refused PUBACK (e.g. not authorised by ACL) would be refused again on every replay: drop it loudly.
             self.outbox.ack(row_id)
+            if not failed:
+                self.confirmations.acked_row(row_id)
             with self._stats_lock:
                 if failed:
                     self._stats.scores_rejected += 1
@@ -429,11 +464,12 @@ class Publisher:
             props = Properties(PacketTypes.PUBLISH)
             if entry.remaining_s is not None:
                 props.MessageExpiryInterval = max(1, math.ceil(entry.remaining_s))
-            info = self._client.publish(entry.topic, entry.payload, qos=1, properties=props)
+            info = self._client.publish(entry.topic, entry.payload, qos=self.config.qos, properties=props)
             if info.rc != mqtt.MQTT_ERR_SUCCESS:
                 # Lost the connection meanwhile: paho's copy is discarded on reconnect, the row replays.
                 return cursor
             inflight[(generation, info.mid)] = entry.row_id
+            self.confirmations.sending(entry.row_id, entry.payload)
             cursor = entry.row_id
             with self._stats_lock:
                 self._stats.scores_sent += 1
@@ -452,7 +488,12 @@ class Publisher:
 
     def _publish_health(self) -> None:
         assert self._client is not None
-        o = self.outbox.stats()
+        outbox_error = None
+        try:
+            o = self._last_outbox_stats = self.outbox.stats()
+        except (sqlite3.Error, OSError) as exc:  # an outbox that cannot be read must not silence health too
+            o = self._last_outbox_stats or OutboxStats(0, 0, 0, None)
+            outbox_error = f"outbox unreadable: {exc}"[:300]
         fields: dict[str, Any] = {"sources": {}}
         if self._health_provider is not None:
             try:
@@ -462,6 +503,10 @@ class Publisher:
                     self._stats.health_errors += 1
                 log.exception("mqtt: health provider failed")
                 fields = {"sources": {}, "state": "no_score", "detail": f"health provider failed: {exc}"}
+        if outbox_error is not None:  # the file named first, figures as last read
+            fields["detail"] = "; ".join(x for x in (outbox_error, fields.get("detail")) if x)[:500]
+            if fields.get("state", "ok") == "ok":
+                fields["state"] = "degraded"
         try:
             msg = messages.build_health(
                 device_id=self.config.device_id,
@@ -469,6 +514,7 @@ class Publisher:
                 outbox_dropped_overflow=o.dropped_overflow,
                 outbox_dropped_expired=o.dropped_expired,
                 last_score_age_s=clock.age_s(self._last_score_ns),
+                confirmations=self.confirmations.health(),
                 **fields,
             )
         except (TypeError, ValueError) as exc:

@@ -19,6 +19,7 @@ STATUS = "status"  # retained online / offline (offline is the last will)
 HEALTH = "health"  # retained JSON
 VITALS = "vitals"  # QoS 0, best effort
 CMD = "cmd"  # station -> device: cmd/<name>
+CONFIRM = "confirm"  # station -> device: confirm/<station-id>, retained, QoS 1 (what the station has stored)
 
 #: The leaves the central station reads (watch and bridge); vitals and commands are not its business.
 STATION_LEAVES: tuple[str, ...] = (SCORE, STATUS, HEALTH)
@@ -50,6 +51,31 @@ def station_filters(site: str | None, leaves: Sequence[str] = STATION_LEAVES, *,
     """
     level = "+" if site is None else check_level(name, site)
     return [topic(f"{TOPIC_ROOT}/{level}/+", leaf) for leaf in leaves]
+
+
+def confirm_topic(prefix: str, station_id: str) -> str:
+    """``<prefix>/confirm/<station-id>``: one retained confirmation per bed and station.
+
+    Under the bed's prefix so a device reads every station's confirmation with one filter of its own
+    (:func:`confirm_filter`) and a bed's ACL needs no rule outside its prefix; one level per station so several
+    stations confirm independently and the broker keeps the latest of each (retained). Five levels, so the
+    stations' own ``neopain/+/+/<leaf>`` filters never receive each other's confirmations.
+    """
+    return topic(prefix, f"{CONFIRM}/{check_level('station id', station_id)}")
+
+
+def confirm_filter(prefix: str) -> str:
+    """The device's subscription: every station's confirmation for this bed (``<prefix>/confirm/+``)."""
+    return topic(prefix, f"{CONFIRM}/+")
+
+
+def parse_confirm_topic(prefix: str, text: str) -> str | None:
+    """The station id of ``<prefix>/confirm/<station-id>``, else None (another bed, another leaf, more levels)."""
+    head = topic(prefix, f"{CONFIRM}/")
+    if not text.startswith(head):
+        return None
+    station = text[len(head):]
+    return station if station and not any(c in station for c in _NOT_IN_A_LEVEL) else None
 
 
 def parse_topic(text: str, leaves: Sequence[str] = STATION_LEAVES) -> tuple[str, str, str] | None:

@@ -15,6 +15,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Generic, Iterator, Protocol, TypeVar
 
+import numpy as np
+
 from appliance.clock import NS_PER_S
 
 
@@ -26,6 +28,43 @@ class Stamped(Protocol):
 
 
 T = TypeVar("T", bound=Stamped)
+
+
+@dataclass(frozen=True)
+class FaceSample:
+    """One camera frame as the window builder needs it: the face tracker's crop (or ``None`` and why) and
+    the face's size in the camera's own pixels.
+
+    Why ``face_px`` travels with the crop: the crop is resized to the model's size (224 or 64 px) whatever
+    it was cut from, so only the frame can say how much resolution the face had -- a 1x1 camera stream
+    upscaled to 1280x720 gives a "face" of one real pixel. It is the shorter side of the face box (the fixed
+    ROI, or the detected face) clipped to the frame, before any resizing by the camera
+    (:meth:`appliance.sources.camera.Frame.source_px`); the quality gate refuses video below
+    ``[scoring] min_face_px``.
+    """
+
+    t_ns: int
+    crop: np.ndarray | None
+    reason: str
+    face_px: float | None = None
+
+    @classmethod
+    def of(cls, frame: Any, observation: Any) -> "FaceSample":
+        """From a camera ``Frame`` and the ``FaceObservation`` the tracker made of it."""
+        box = observation.box
+        face_px = frame.source_px(box) if observation.crop is not None and box is not None else None
+        return cls(int(observation.t_ns), observation.crop, observation.reason, face_px)
+
+
+def face_px_of(item: Any) -> float | None:
+    """Face size in camera pixels of a frames-buffer item: a :class:`FaceSample`'s ``face_px``, or for a bare
+    ``FaceObservation`` (tests, tools that fill buffers themselves) the shorter side of its box, whose frame
+    pixels are then taken as the camera's."""
+    px = getattr(item, "face_px", None)
+    if px is not None:
+        return float(px)
+    box = getattr(item, "box", None)
+    return None if box is None else float(min(box[2], box[3]))
 
 
 @dataclass(frozen=True)
@@ -158,7 +197,7 @@ class RingBuffer(Generic[T]):
 
 @dataclass
 class ModalityBuffers:
-    """The buffers the scoring loop reads: face observations, audio periods, vitals samples, RR intervals.
+    """The buffers the scoring loop reads: face samples, audio periods, vitals samples, RR intervals.
 
     Default spans cover the longest window (30 s of vitals) with margin; counts cap memory at roughly
     60 fps video, 5 ms audio periods and 10 Hz vitals over that span.

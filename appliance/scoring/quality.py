@@ -6,8 +6,15 @@ place, so that a nurse reading "video_no_face" on the ward screen and the mask t
 disagree. The gate only ever *removes* modalities: a modality is present iff the window builder says it is
 usable (present, quality ok, fresh) *and* the extra signal checks here pass.
 
-Extra checks, beyond :attr:`appliance.scoring.windows.ModalityStatus.usable`:
+Extra checks, beyond :attr:`appliance.scoring.windows.ModalityStatus.usable` (which already refuses a window
+filled below ``[scoring] min_fill_*``, flagged ``<modality>_underfilled``):
 
+- video face size: the smallest face of the window, in the camera's own pixels (before the crop was resized
+  to the model's size), below ``min_face_px`` is refused (``video_face_too_small``): a 1x1 stream upscaled to
+  the crop size is one pixel of information, whatever shape it was given;
+- video flatness: face crops with no contrast (grey-level standard deviation below ``min_face_contrast``) or
+  no texture (Laplacian standard deviation at 64x64 below ``min_face_detail``) are refused (``video_flat``):
+  a covered lens, a blank or uniform frame, a smooth blur;
 - audio digital silence (RMS below ``silence_dbfs``, e.g. a capture device delivering zeros): a dead
   microphone must not be scored as "no cry", so audio is removed;
 - audio clipping (a share of samples at full scale): flagged only -- a clipped cry is still a cry;
@@ -20,21 +27,33 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
-from appliance.scoring.windows import ModalityStatus, Window
+from appliance.config import default
+from appliance.scoring.windows import ModalityStatus, VideoWindow, Window
 from models.vocabulary import MODALITIES
+
+
+#: Side of the square the texture of a face crop is measured at: the same measure whatever the crop size.
+DETAIL_SIZE = 64
 
 
 @dataclass(frozen=True)
 class QualityConfig:
-    """Signal limits of the gate (levels in dBFS: a full-scale sine is about -3 dBFS)."""
+    """Signal limits of the gate (levels in dBFS: a full-scale sine is about -3 dBFS; grey levels 0-255)."""
 
     silence_dbfs: float = -90.0
     clip_level: float = 0.999
     max_clip_fraction: float = 0.01
+    min_face_px: float = default("scoring", "min_face_px")
+    min_face_contrast: float = default("scoring", "min_face_contrast")
+    min_face_detail: float = default("scoring", "min_face_detail")
 
     def __post_init__(self) -> None:
+        for name in ("min_face_px", "min_face_contrast", "min_face_detail"):
+            if not getattr(self, name) >= 0:  # NaN fails this too
+                raise ValueError(f"QualityConfig.{name} must be a number >= 0, got {getattr(self, name)!r}")
         if not 0.0 < self.clip_level <= 1.0:
             raise ValueError(f"QualityConfig.clip_level must be in (0, 1], got {self.clip_level!r}")
         if not 0.0 <= self.max_clip_fraction <= 1.0:
@@ -80,7 +99,34 @@ def _flag_for(modality: str, status: ModalityStatus) -> str | None:
         return f"{modality}_missing"
     if status.stale:
         return f"{modality}_stale"
-    return f"{modality}_low_quality"
+    return f"{modality}_{status.problem or 'low_quality'}"
+
+
+def crop_texture(crop: np.ndarray) -> tuple[float, float]:
+    """(contrast, detail) of one BGR face crop: the grey-level standard deviation, and the standard deviation
+    of the Laplacian of the crop resampled to DETAIL_SIZE squared (fine texture, independent of crop size)."""
+    grey = cv2.cvtColor(crop, cv2.COLOR_BGR2GRAY) if crop.ndim == 3 else crop
+    small = cv2.resize(grey, (DETAIL_SIZE, DETAIL_SIZE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    return float(grey.std()), float(cv2.Laplacian(small, cv2.CV_32F).std())
+
+
+def video_refusal(video: VideoWindow, cfg: QualityConfig) -> tuple[str, str] | None:
+    """(flag, reason) when usable video shows too small a face or a flat picture; None when it may be used.
+    Contrast and detail are the medians over the window's distinct crops."""
+    if video.face_px is not None and video.face_px < cfg.min_face_px:
+        return ("video_face_too_small", f"face {video.face_px:.0f} px in the camera's frame "
+                f"(< {cfg.min_face_px:g} px): too little resolution to score")
+    if video.frames is None or not len(video.frames):
+        return None
+    if video.times_ns is not None and len(video.times_ns) == len(video.frames):
+        crops = video.frames[np.unique(video.times_ns, return_index=True)[1]]  # one per camera frame used
+    else:
+        crops = video.frames
+    contrast, detail = np.median(np.array([crop_texture(c) for c in crops]), axis=0)
+    if contrast < cfg.min_face_contrast or detail < cfg.min_face_detail:
+        return ("video_flat", f"flat picture: contrast {contrast:.1f} (min {cfg.min_face_contrast:g}), detail "
+                f"{detail:.1f} (min {cfg.min_face_detail:g}) grey levels: lens covered or blank frame?")
+    return None
 
 
 def assess(window: Window, config: QualityConfig | None = None) -> QualityVerdict:
@@ -93,6 +139,10 @@ def assess(window: Window, config: QualityConfig | None = None) -> QualityVerdic
     reasons["video"] = window.video.status.reason
     if (f := _flag_for("video", window.video.status)) is not None:
         flags.append(f)
+    if video_ok and (refused := video_refusal(window.video, cfg)) is not None:
+        video_ok = False
+        flags.append(refused[0])
+        reasons["video"] = refused[1]
 
     audio = window.audio
     audio_ok = audio.status.usable

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from appliance.isotime import parse_iso8601
+from appliance.storage import Healed, Salvage, StateFile, copy_rows, health_note
 
 log = logging.getLogger(__name__)
 
@@ -102,32 +103,56 @@ class Session:
     stopped: float | None
 
 
-class SessionStore:
-    """The sessions database. Thread-safe (one connection, one lock); each write is one transaction."""
+_SALVAGE_TABLES = {
+    "sessions": ("id", "infant", "started", "stopped", "started_by"),
+    "scores": ("message_id", "session_id", "t", "raw", "published", "calibration_version", "model_version"),
+    "ratings": ("id", "session_id", "nips", "rater", "t", "entered", "source"),
+}
 
-    def __init__(self, path: str | Path) -> None:
+
+def _restore(db: sqlite3.Connection, salvage: Salvage) -> str:
+    """Salvaged sessions, scores and ratings into a fresh file (same ids, so pairs still match)."""
+    kept = 0
+    for table, columns in _SALVAGE_TABLES.items():
+        rows = salvage.rows.get(table, [])
+        if "id" in columns:
+            for r in rows:
+                r["id"] = r["rowid"]
+        kept += copy_rows(db, table, rows, columns)
+    return salvage.summary(kept)
+
+
+class SessionStore:
+    """The sessions database. Thread-safe (one connection, one lock); each write is one transaction.
+
+    ``heal``: a damaged file is moved aside and salvaged (``appliance/storage.py``); only the daemon, which
+    owns the state directory, sets it. Engineer's tools open the file beside the running daemon without it,
+    and a damaged file is then an error naming the file.
+    """
+
+    def __init__(self, path: str | Path, *, heal: bool = False) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
-        self._lock = threading.Lock()
+        self._file = StateFile(self.path, what="calibration sessions", prepare=lambda db: db.executescript(_SCHEMA),
+                               tables=_SALVAGE_TABLES, restore=_restore, heal=heal, timeout=5.0)
+
+    @property
+    def healed(self) -> list[Healed]:
+        """Damaged files this store moved aside and salvaged (for health and the journal)."""
+        return list(self._file.healed)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._file.close()
+
+    def _read(self, operation: Callable[[sqlite3.Connection], Any]) -> Any:
+        return self._file.run(operation)
 
     def _write(self, sql: str, params: tuple) -> int:
-        with self._lock, self._db:
-            cur = self._db.execute(sql, params)
-            return int(cur.lastrowid or 0)
+        return int(self._file.run(lambda db: db.execute(sql, params).lastrowid or 0))
 
     # ------------------------------------------------------------------------------------ sessions
     def active(self) -> Session | None:
-        with self._lock:
-            row = self._db.execute("SELECT id, infant, started, stopped FROM sessions WHERE stopped IS NULL "
-                                   "ORDER BY id DESC LIMIT 1").fetchone()
+        row = self._read(lambda db: db.execute("SELECT id, infant, started, stopped FROM sessions WHERE stopped IS "
+                                               "NULL ORDER BY id DESC LIMIT 1").fetchone())
         return Session(*row) if row else None
 
     def start(self, infant: str, *, at: float | None = None, started_by: str | None = None) -> Session:
@@ -150,13 +175,14 @@ class SessionStore:
         return Session(s.id, s.infant, s.started, max(t, s.started))
 
     def sessions(self) -> list[Session]:
-        with self._lock:
-            return [Session(*r) for r in self._db.execute("SELECT id, infant, started, stopped FROM sessions ORDER BY id")]
+        rows = self._read(lambda db: db.execute("SELECT id, infant, started, stopped FROM sessions ORDER BY id")
+                          .fetchall())
+        return [Session(*r) for r in rows]
 
     def _session_at(self, t: float) -> Session | None:
-        with self._lock:
-            row = self._db.execute("SELECT id, infant, started, stopped FROM sessions WHERE started <= ? AND "
-                                   "(stopped IS NULL OR stopped >= ?) ORDER BY id DESC LIMIT 1", (t, t)).fetchone()
+        row = self._read(lambda db: db.execute("SELECT id, infant, started, stopped FROM sessions WHERE started <= ? "
+                                               "AND (stopped IS NULL OR stopped >= ?) ORDER BY id DESC LIMIT 1",
+                                               (t, t)).fetchone())
         return Session(*row) if row else None
 
     # ---------------------------------------------------------------------------------- scores/ratings
@@ -189,23 +215,24 @@ class SessionStore:
                            (s.id, nips, rater, t, time.time(), source))
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            return {name: int(self._db.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0])
-                    for name in ("sessions", "scores", "ratings")}
+        return self._read(lambda db: {name: int(db.execute(f"SELECT COUNT(*) FROM {name}").fetchone()[0])
+                                      for name in ("sessions", "scores", "ratings")})
 
     def matched_pairs(self, *, max_gap_s: float = MAX_GAP_S) -> list[Pair]:
         """Each rating with the nearest score of its session within ``max_gap_s`` (unmatched ones are left out)."""
-        with self._lock:
-            ratings = self._db.execute("SELECT r.session_id, r.nips, r.rater, r.t, s.infant FROM ratings r JOIN "
-                                       "sessions s ON s.id = r.session_id ORDER BY r.t, r.id").fetchall()
+        def read(db: sqlite3.Connection) -> list[Pair]:
+            ratings = db.execute("SELECT r.session_id, r.nips, r.rater, r.t, s.infant FROM ratings r JOIN "
+                                 "sessions s ON s.id = r.session_id ORDER BY r.t, r.id").fetchall()
             out = []
             for session_id, nips, rater, t, infant in ratings:
-                match = self._db.execute(
+                match = db.execute(
                     "SELECT message_id, raw FROM scores WHERE session_id = ? AND t BETWEEN ? AND ? "
                     "ORDER BY ABS(t - ?), t LIMIT 1", (session_id, t - max_gap_s, t + max_gap_s, t)).fetchone()
                 if match is not None:
                     out.append(Pair(float(match[1]), float(nips), rater, infant, float(t), match[0]))
-        return out
+            return out
+
+        return self._read(read)
 
     def unmatched_ratings(self, *, max_gap_s: float = MAX_GAP_S) -> int:
         return self.counts()["ratings"] - len(self.matched_pairs(max_gap_s=max_gap_s))
@@ -221,10 +248,18 @@ class CalibrationRecorder:
     shutdown. The raw score comes from ``CycleResult.raw_nips`` when the pipeline provides it; otherwise a
     score published ``uncalibrated`` *is* the raw score, and a calibrated one without a raw value is skipped
     (counted in ``skipped_no_raw``) because the published value is not what the map must be fitted on.
+
+    ``store`` None with ``unavailable`` (why, naming the file): the store could not be opened; scoring goes
+    on, commands are answered with that reason, and :meth:`storage_problems` puts it in health.
     """
 
-    def __init__(self, store: SessionStore, *, on_error: Callable[[str], None] | None = None) -> None:
+    def __init__(self, store: SessionStore | None, *, on_error: Callable[[str], None] | None = None,
+                 unavailable: str | None = None) -> None:
+        if store is None and not unavailable:
+            raise ValueError("CalibrationRecorder: a recorder without a store needs the reason (unavailable=)")
         self.store = store
+        self.unavailable = unavailable
+        self.storage_error: str | None = None  # the last database error, until a write succeeds again
         self._queue: "queue.Queue[tuple[str, Any] | None]" = queue.Queue(maxsize=1000)
         self._thread: threading.Thread | None = None
         self.on_error = on_error
@@ -256,6 +291,8 @@ class CalibrationRecorder:
             self._put(("command", command))
 
     def on_cycle(self, result: Any) -> None:
+        if self.store is None:
+            return  # no session can be open: nothing to record
         if getattr(result, "kind", None) == "score" and result.message is not None:
             self._put(("score", result))
 
@@ -275,7 +312,12 @@ class CalibrationRecorder:
                     self.handle(obj)
                 else:
                     self.record(obj)
-            except (SessionError, ValueError, sqlite3.Error) as exc:
+                if kind != "flush":
+                    self.storage_error = None
+            except sqlite3.Error as exc:  # names the file (SessionStore's errors do)
+                self.storage_error = str(exc)[:300]
+                self._error(f"{kind}: {exc}")
+            except (SessionError, ValueError) as exc:
                 self._error(f"{kind}: {exc}")
             except Exception as exc:  # the writer must outlive any one bad item
                 log.exception("calibration recorder failed")
@@ -288,9 +330,21 @@ class CalibrationRecorder:
         if self.on_error is not None:
             self.on_error(text)
 
+    def storage_problems(self) -> list[str]:
+        """What health must say about the sessions file: moved aside and salvaged, unavailable, or failing."""
+        note = health_note(self.store.healed) if self.store is not None else None
+        notes = [note] if note else []
+        if self.unavailable:
+            notes.append(self.unavailable)
+        if self.storage_error:
+            notes.append(f"calibration sessions failing: {self.storage_error}")
+        return notes
+
     # the work (writer thread, or synchronously from tests)
     def handle(self, command: Any) -> None:
         """Apply one ``calibration/*`` command (``messages.Command``: ``name`` and ``args``)."""
+        if self.store is None:
+            raise SessionError(f"{command.name}: {self.unavailable}")
         args = dict(getattr(command, "args", {}) or {})
         if command.name == "calibration/start":
             unknown = set(args) - {"infant", "by", "at"}
@@ -318,6 +372,8 @@ class CalibrationRecorder:
 
     def record(self, result: Any) -> None:
         """Store one scored cycle (``pipeline.CycleResult``) if a session is open."""
+        if self.store is None:
+            return
         msg = result.message
         raw = getattr(result, "raw_nips", None)
         if raw is None:

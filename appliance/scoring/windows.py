@@ -9,6 +9,16 @@ each with ``present`` (data in the window; spans are half-open, (t - span, t]), 
 ``usable`` only, so a modality whose newest data is old is never presented as current, even when its
 buffer still holds data inside the window span (data are kept for logging, flagged).
 
+Fill: each window also says how much of its span its data cover (``fill``), and a modality below its
+``min_fill_*`` (``[scoring]`` in the config) is not of usable quality, with ``problem = "underfilled"``. Why:
+right after start-up, or after a source came back, a window holds a fraction of a second of data -- the first
+score of a daemon once came from 0.16 s of vitals -- and a network trained on full windows says nothing
+meaningful about a sliver. Video: the share of the 16 slots that have a frame at or before their time (slots
+before the first frame would repeat it). Audio: captured samples over the span asked for (the cry segment or
+the last few seconds). Vitals: the share of the 30 s covered by readings with a value, each holding
+``vitals_hold_s`` (monitors send every 1-2 s), so a sparse or interrupted monitor counts as partly empty. RR:
+how far back the beats reach in the 30 s.
+
 Independent of model code on purpose: it returns raw data (uint8 BGR crops, float audio in [-1, 1], vitals
 arrays); normalisation and features live in ``models/features/`` (``inputs.py`` is the one conversion).
 """
@@ -20,7 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from appliance.config import default
-from appliance.scoring.buffers import ModalityBuffers
+from appliance.scoring.buffers import ModalityBuffers, face_px_of
 from appliance.clock import NS_PER_S, now_ns
 from models.features.cry import CrySegment
 
@@ -33,21 +43,24 @@ class CrySegments(Protocol):
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """Window geometry and freshness limits (seconds)."""
+    """Window geometry, freshness limits (seconds) and the least fill of each window (0-1, see module doc)."""
 
     n_frames: int = 16
     frame_fps: float = 8.0
     min_face_fraction: float = 0.75
     min_distinct_frames: int = 8
+    min_fill_video: float = default("scoring", "min_fill_video")
     video_max_age_s: float = default("scoring", "max_age_video_s")
     audio_recent_s: float = 3.0
     audio_max_s: float = 10.0
     cry_hold_s: float = 1.0
     audio_max_age_s: float = default("scoring", "max_age_audio_s")
-    min_audio_coverage: float = 0.8
+    min_audio_coverage: float = default("scoring", "min_fill_audio")
     vitals_span_s: float = 30.0
     vitals_max_age_s: float = default("scoring", "max_age_vitals_s")
     min_vitals_valid_fraction: float = 0.5
+    min_fill_vitals: float = default("scoring", "min_fill_vitals")  # numerics and RR alike
+    vitals_hold_s: float = 2.0  # how long one monitor reading covers the window (monitors send every 1-2 s)
     rr_max_age_s: float = default("scoring", "max_age_vitals_s")  # RR intervals come with the vitals
     min_rr_count: int = 10
 
@@ -56,20 +69,29 @@ class WindowConfig:
             raise ValueError(f"WindowConfig: n_frames >= 1 and frame_fps > 0 required, got "
                              f"{self.n_frames}, {self.frame_fps}")
         for name in ("video_max_age_s", "audio_max_age_s", "vitals_max_age_s", "rr_max_age_s",
-                     "audio_recent_s", "audio_max_s", "vitals_span_s"):
+                     "audio_recent_s", "audio_max_s", "vitals_span_s", "vitals_hold_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"WindowConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        for name in ("min_fill_video", "min_audio_coverage", "min_fill_vitals"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"WindowConfig.{name} must be in [0, 1], got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
 class ModalityStatus:
-    """Presence, quality and freshness of one modality in one window."""
+    """Presence, quality and freshness of one modality in one window.
+
+    ``problem`` names why the quality is not ok in one snake_case word the quality gate turns into the flag
+    ``<modality>_<problem>`` (``underfilled``; None means the generic ``low_quality``); ``reason`` says it for
+    people.
+    """
 
     present: bool
     quality_ok: bool
     age_s: float | None
     stale: bool
     reason: str
+    problem: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -78,12 +100,27 @@ class ModalityStatus:
 
 
 def _status(present: bool, quality_ok: bool, newest_ns: int | None, t_ns: int, max_age_s: float,
-            reason: str) -> ModalityStatus:
+            reason: str, problem: str | None = None) -> ModalityStatus:
     age = None if newest_ns is None else (t_ns - newest_ns) / NS_PER_S
     stale = age is None or age > max_age_s
     if stale and present:
         reason = f"stale: newest sample {age:.2f} s old (limit {max_age_s} s)"
-    return ModalityStatus(present, quality_ok, age, stale, reason)
+    return ModalityStatus(present, quality_ok, age, stale, reason, None if quality_ok else problem)
+
+
+def _underfilled(fill: float, need: float, what: str) -> str:
+    """The reason text of a window filled below its minimum."""
+    return f"underfilled: {what} fill {fill:.0%} of the window (need {need:.0%})"
+
+
+def held_fill(times_ns: np.ndarray, hold_ns: int, t0: int, t1: int) -> float:
+    """Share of (t0, t1] covered when each stamp covers ``hold_ns`` after it (or up to the next stamp)."""
+    if times_ns.size == 0 or t1 <= t0:
+        return 0.0
+    times = np.sort(times_ns.astype(np.int64))
+    ends = np.minimum(times + hold_ns, np.append(times[1:], t1))
+    covered = np.clip(ends, t0, t1) - np.clip(times, t0, t1)
+    return float(np.clip(covered, 0, None).sum() / (t1 - t0))
 
 
 @dataclass(frozen=True)
@@ -93,6 +130,8 @@ class VideoWindow:
     times_ns: np.ndarray | None  # arrival stamp of the frame used in each slot
     distinct: int  # how many different camera frames fill the slots
     face_fraction: float  # share of camera frames in the span that had a face
+    fill: float = 0.0  # share of the slots with a frame at or before their time
+    face_px: float | None = None  # the smallest face among the used crops, in the camera's own pixels
 
 
 @dataclass(frozen=True)
@@ -105,6 +144,7 @@ class AudioWindow:
     source: str  # "cry" (the current cry segment) or "recent" (the last audio_recent_s)
     cry: CrySegment | None
     gaps: int  # overruns or device loss inside the span
+    fill: float = 0.0  # captured samples over the samples the span asks for
 
 
 @dataclass(frozen=True)
@@ -114,6 +154,7 @@ class VitalsWindow:
     hr_bpm: np.ndarray  # NaN where the monitor reported "not available"
     spo2_pct: np.ndarray
     valid: np.ndarray  # the monitor's own per-sample quality verdict
+    fill: float = 0.0  # share of the 30 s covered by readings with a value (each held vitals_hold_s)
 
 
 @dataclass(frozen=True)
@@ -121,6 +162,7 @@ class RRWindow:
     status: ModalityStatus
     times_ns: np.ndarray
     rr_ms: np.ndarray
+    fill: float = 0.0  # how far back the valid beats reach, as a share of the 30 s
 
 
 @dataclass(frozen=True)
@@ -167,14 +209,23 @@ class WindowBuilder:
         stamps = np.array([o.t_ns for o in faces], dtype=np.int64)
         targets = t - ((cfg.n_frames - 1 - np.arange(cfg.n_frames)) * NS_PER_S / cfg.frame_fps).astype(np.int64)
         # causal resampling: each slot takes the newest crop at or before its time (the first crop if none)
-        pick = np.clip(np.searchsorted(stamps, targets, side="right") - 1, 0, len(faces) - 1)
+        newest_before = np.searchsorted(stamps, targets, side="right") - 1
+        fill = float(np.mean(newest_before >= 0))
+        pick = np.clip(newest_before, 0, len(faces) - 1)
         frames = np.stack([faces[i].crop for i in pick])
         distinct = int(np.unique(pick).size)
         face_fraction = len(faces) / len(obs)
-        quality = face_fraction >= cfg.min_face_fraction and distinct >= min(cfg.min_distinct_frames, cfg.n_frames)
-        reason = "ok" if quality else f"low quality: face in {face_fraction:.0%} of frames, {distinct} distinct"
-        return VideoWindow(_status(True, quality, newest, t, cfg.video_max_age_s, reason), frames,
-                           stamps[pick], distinct, face_fraction)
+        sizes = [px for i in np.unique(pick) if (px := face_px_of(faces[i])) is not None]
+        face_px = min(sizes) if sizes else None
+        problem = None
+        if fill < cfg.min_fill_video:
+            quality, problem = False, "underfilled"
+            reason = _underfilled(fill, cfg.min_fill_video, "camera frames")
+        else:
+            quality = face_fraction >= cfg.min_face_fraction and distinct >= min(cfg.min_distinct_frames, cfg.n_frames)
+            reason = "ok" if quality else f"low quality: face in {face_fraction:.0%} of frames, {distinct} distinct"
+        return VideoWindow(_status(True, quality, newest, t, cfg.video_max_age_s, reason, problem), frames,
+                           stamps[pick], distinct, face_fraction, fill, face_px)
 
     def _newest_face_before(self, t: int) -> int | None:
         for o in reversed(self.buffers.frames.between(t - self.buffers.frames.max_span_ns, t)):
@@ -214,16 +265,22 @@ class WindowBuilder:
         pcm = np.concatenate(chunks)
         samples = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
         expected = max(1, (a1 - a0) * rate // NS_PER_S)
-        coverage = samples.size / expected
-        quality = gaps == 0 and coverage >= cfg.min_audio_coverage
-        reason = "ok" if quality else f"low quality: {gaps} gaps, coverage {coverage:.0%}"
-        return AudioWindow(_status(True, quality, newest_ns, t, cfg.audio_max_age_s, reason), samples, rate,
-                           a0, a1, source, seg, gaps)
+        coverage = min(1.0, samples.size / expected)
+        problem = None
+        if coverage < cfg.min_audio_coverage:
+            quality, problem = False, "underfilled"
+            reason = _underfilled(coverage, cfg.min_audio_coverage, "captured samples")
+        else:
+            quality = gaps == 0
+            reason = "ok" if quality else f"low quality: {gaps} gaps"
+        return AudioWindow(_status(True, quality, newest_ns, t, cfg.audio_max_age_s, reason, problem), samples,
+                           rate, a0, a1, source, seg, gaps, coverage)
 
     # -- vitals --------------------------------------------------------------------------------------------
     def vitals(self, t: int) -> VitalsWindow:
         cfg = self.config
-        got = self.buffers.vitals.between(t - int(cfg.vitals_span_s * NS_PER_S) + 1, t)
+        t0 = t - int(cfg.vitals_span_s * NS_PER_S)
+        got = self.buffers.vitals.between(t0 + 1, t)
         times = np.array([s.t_ns for s in got], dtype=np.int64)
         hr = np.array([np.nan if s.hr_bpm is None else s.hr_bpm for s in got], dtype=np.float64)
         spo2 = np.array([np.nan if s.spo2_pct is None else s.spo2_pct for s in got], dtype=np.float64)
@@ -231,21 +288,36 @@ class WindowBuilder:
         newest = self.buffers.vitals.latest(t)
         has_value = valid & (np.isfinite(hr) | np.isfinite(spo2))
         frac = float(has_value.mean()) if got else 0.0
-        quality = bool(got) and frac >= cfg.min_vitals_valid_fraction
-        reason = ("no vitals samples" if not got else
-                  "ok" if quality else f"low quality: {frac:.0%} of samples valid with a value")
+        fill = held_fill(times[has_value], int(cfg.vitals_hold_s * NS_PER_S), t0, t) if got else 0.0
+        problem = None
+        if got and fill < cfg.min_fill_vitals:
+            quality, problem = False, "underfilled"
+            reason = _underfilled(fill, cfg.min_fill_vitals, f"readings held {cfg.vitals_hold_s:g} s")
+        else:
+            quality = bool(got) and frac >= cfg.min_vitals_valid_fraction
+            reason = ("no vitals samples" if not got else
+                      "ok" if quality else f"low quality: {frac:.0%} of samples valid with a value")
         status = _status(bool(got), quality, None if newest is None else newest.t_ns, t, cfg.vitals_max_age_s,
-                         reason)
-        return VitalsWindow(status, times, hr, spo2, valid)
+                         reason, problem)
+        return VitalsWindow(status, times, hr, spo2, valid, fill)
 
     def rr(self, t: int) -> RRWindow:
         cfg = self.config
-        got = self.buffers.rr.between(t - int(cfg.vitals_span_s * NS_PER_S) + 1, t)
+        span = int(cfg.vitals_span_s * NS_PER_S)
+        got = self.buffers.rr.between(t - span + 1, t)
         good = [r for r in got if r.valid]
         newest = self.buffers.rr.latest(t)
-        quality = len(good) >= cfg.min_rr_count
-        reason = ("no RR intervals" if not got else
-                  "ok" if quality else f"low quality: {len(good)} valid intervals (< {cfg.min_rr_count})")
-        status = _status(bool(got), quality, None if newest is None else newest.t_ns, t, cfg.rr_max_age_s, reason)
+        # the first valid beat's interval starts rr_ms before it: that is how far back the beats reach
+        fill = min(1.0, (t - good[0].t_ns + int(good[0].rr_ms * 1e6)) / span) if good else 0.0
+        problem = None
+        if good and fill < cfg.min_fill_vitals:
+            quality, problem = False, "underfilled"
+            reason = _underfilled(fill, cfg.min_fill_vitals, "beats")
+        else:
+            quality = len(good) >= cfg.min_rr_count
+            reason = ("no RR intervals" if not got else
+                      "ok" if quality else f"low quality: {len(good)} valid intervals (< {cfg.min_rr_count})")
+        status = _status(bool(got), quality, None if newest is None else newest.t_ns, t, cfg.rr_max_age_s, reason,
+                         problem)
         return RRWindow(status, np.array([r.t_ns for r in good], dtype=np.int64),
-                        np.array([r.rr_ms for r in good], dtype=np.float64))
+                        np.array([r.rr_ms for r in good], dtype=np.float64), fill)

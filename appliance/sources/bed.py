@@ -6,6 +6,11 @@ vitals on MQTT), ``neopain commission`` (evidence for the bedside checks) and ``
 only the enabled ones (the settings are ``None`` for a disabled sensor), says which are open and delivering,
 and guarantees that a failing sink is counted and logged but never raises into a driver's loop.
 
+Supervision: every driver thread (camera capture and watchdog, microphone, monitor reader) runs under
+:class:`appliance.sources.supervise.SupervisedThread`, so a thread that dies of anything is journalled with
+its exception and started again with backoff; :meth:`BedSources.restarts` gives the count per source for the
+health message (``source_restarts``) and :meth:`BedSources.why_down` names the last crash.
+
 The stage settings come from :func:`appliance.wiring.source_settings`, the one place where the config's
 ``[camera]``, ``[microphone]`` and ``[monitor]`` tables become driver configs.
 """
@@ -141,7 +146,17 @@ class BedSources:
             parts.insert(0, "port open" if h.connected else "port closed")
             if h.rejects:
                 parts.append("rejected " + ", ".join(f"{k} x{v}" for k, v in sorted(h.rejects.items())))
+        if getattr(h, "thread_restarts", 0):
+            parts.append(f"driver thread restarted {h.thread_restarts} times")
         return "; ".join(parts)
+
+    def restarts(self) -> dict[str, int]:
+        """Enabled source -> how many times its driver thread died and was restarted (health)."""
+        return {name: int(getattr(source.health(), "thread_restarts", 0)) for name, source in self._enabled()}
+
+    def _enabled(self) -> list[tuple[str, Any]]:
+        return [(name, source) for name in ("camera", "microphone", "monitor")
+                if (source := getattr(self, name)) is not None]
 
     def opened(self) -> dict[str, bool]:
         """Enabled source -> has opened (not yet necessarily delivering): what READY waits for."""

@@ -4,11 +4,18 @@ file replayed at its own frame rate (the simulated bed).
 Why a thread and a watchdog: ``VideoCapture.read`` blocks, and a USB camera that is unplugged or a CSI
 pipeline that wedges may simply stop returning frames without an error. The capture thread stamps each frame
 once at arrival on the monotonic clock and hands it to a sink; a separate watchdog notices "no frame for N
-seconds" and forces a reopen, replacing the capture thread outright if it is stuck inside ``read``.
+seconds" and forces a reopen, replacing the capture thread outright if it is stuck inside ``read``. Both are
+supervised (:mod:`appliance.sources.supervise`): a thread that dies of an unexpected exception is logged and
+started again, and the count is in :class:`CameraHealth`.
+
+A frame remembers the size the camera delivered it at (``source_size``) when the camera resized it (a file
+source with ``width``/``height``): an upscaled 1x1 stream is still one pixel of information, and the quality
+gate measures faces in the camera's own pixels (:meth:`Frame.source_px`).
 """
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
@@ -21,17 +28,33 @@ import numpy as np
 
 from appliance.clock import NS_PER_S, now_ns
 from appliance.config import default
+from appliance.sources.supervise import SupervisedThread
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Frame:
-    """One camera frame (BGR uint8, HxWx3) stamped at arrival; ``index`` counts frames since start."""
+    """One camera frame (BGR uint8, HxWx3) stamped at arrival; ``index`` counts frames since start.
+
+    ``source_size`` is (width, height) as the camera delivered the frame, when the camera resized it
+    afterwards; ``None`` means ``image`` is as delivered.
+    """
 
     t_ns: int
     image: np.ndarray
     index: int
+    source_size: tuple[int, int] | None = None
+
+    def source_px(self, box: tuple[int, int, int, int]) -> float:
+        """The shorter side of ``box`` (x, y, w, h in ``image`` pixels, clipped to the image) in the camera's
+        own pixels: how much real resolution a face in that box has, whatever it was resized to later."""
+        h, w = self.image.shape[:2]
+        x, y, bw, bh = box
+        cw = max(0, min(x + bw, w) - max(x, 0))
+        ch = max(0, min(y + bh, h) - max(y, 0))
+        sw, sh = self.source_size or (w, h)
+        return float(min(cw * sw / w, ch * sh / h)) if w and h else 0.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +78,22 @@ class CameraConfig:
     watchdog_s: float = default("camera", "reopen_after_s")
     reopen_backoff_s: float = 0.2
     reopen_backoff_max_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        # NaN passes every "<= 0" test and then kills a thread at int(): refuse it here, naming the field.
+        if self.fps is not None and not (math.isfinite(self.fps) and self.fps > 0):
+            raise ValueError(f"CameraConfig.fps must be a finite number > 0 (or None), got {self.fps!r}")
+        for name in ("width", "height"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ValueError(f"CameraConfig.{name} must be > 0 (or None), got {value!r}")
+        for name in ("watchdog_s", "reopen_backoff_s", "reopen_backoff_max_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"CameraConfig.{name} must be a finite number > 0, got {value!r}")
+        if self.reopen_backoff_max_s < self.reopen_backoff_s:
+            raise ValueError(f"CameraConfig.reopen_backoff_max_s ({self.reopen_backoff_max_s}) must be >= "
+                             f"reopen_backoff_s ({self.reopen_backoff_s})")
 
     def resolved_kind(self) -> str:
         """The source kind, guessed from ``source`` unless ``kind`` says it."""
@@ -95,6 +134,7 @@ class CameraHealth:
     reopen_count: int
     open_failures: int
     last_error: str | None
+    thread_restarts: int = 0  # capture or watchdog thread died of an exception and was started again
 
 
 class Camera:
@@ -107,14 +147,12 @@ class Camera:
     def __init__(self, config: CameraConfig, sink: Callable[[Frame], None]) -> None:
         self.config = config
         self._kind = config.resolved_kind()
-        if config.watchdog_s <= 0:
-            raise ValueError(f"CameraConfig.watchdog_s must be > 0, got {config.watchdog_s!r}")
         self._sink = sink
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._generation = 0
-        self._threads: list[threading.Thread] = []
-        self._watchdog: threading.Thread | None = None
+        self._threads: list[SupervisedThread] = []
+        self._watchdog: SupervisedThread | None = None
         self._reopen_requested = threading.Event()
         self._wake = threading.Event()  # set on stop or reopen request: interrupts the pacing sleep
         # health state (guarded by _lock)
@@ -127,6 +165,7 @@ class Camera:
         self._arrivals: deque[int] = deque(maxlen=60)
         self._reopens = 0
         self._open_failures = 0
+        self._thread_restarts = 0
         self._last_error: str | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------------
@@ -136,8 +175,9 @@ class Camera:
         with self._lock:
             self._progress_ns = now_ns()
         self._spawn_capture()
-        self._watchdog = threading.Thread(target=self._watch, name="camera-watchdog", daemon=True)
-        self._watchdog.start()
+        self._watchdog = SupervisedThread("camera-watchdog", self._watch, keep_running=lambda: not self._stop.is_set(),
+                                          wait=self._stop.wait, backoff_s=self._backoff(),
+                                          on_crash=self._crashed).start()
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
@@ -163,14 +203,24 @@ class Camera:
             fps = (len(arr) - 1) * NS_PER_S / (arr[-1] - arr[0]) if len(arr) >= 2 and arr[-1] > arr[0] else 0.0
             age = None if self._last_frame_ns is None else (now_ns() - self._last_frame_ns) / NS_PER_S
             return CameraHealth(self._open, self._ended, fps, self._frames, age, self._reopens,
-                                self._open_failures, self._last_error)
+                                self._open_failures, self._last_error, self._thread_restarts)
+
+    def _backoff(self) -> tuple[float, float]:
+        return self.config.reopen_backoff_s, self.config.reopen_backoff_max_s
+
+    def _crashed(self, exc: BaseException) -> None:
+        """A capture or watchdog thread died (the supervisor logged it and restarts it): count it, say why."""
+        with self._lock:
+            self._thread_restarts += 1
+            self._last_error = f"driver thread died: {type(exc).__name__}: {exc}"
 
     # -- capture -----------------------------------------------------------------------------------------
     def _spawn_capture(self) -> None:
         with self._lock:
             self._generation += 1
             gen = self._generation
-        t = threading.Thread(target=self._run, args=(gen,), name=f"camera-capture-{gen}", daemon=True)
+        t = SupervisedThread(f"camera-capture-{gen}", lambda: self._run(gen), keep_running=lambda: self._current(gen),
+                             wait=self._stop.wait, backoff_s=self._backoff(), on_crash=self._crashed)
         self._threads = [th for th in self._threads if th.is_alive()] + [t]
         t.start()
 
@@ -278,7 +328,9 @@ class Camera:
                     self._note_error(f"read failed on {cfg.source!r}")
                     self._stop.wait(0.01)
                     continue
+            source_size = None
             if self._kind == "file" and cfg.width and cfg.height and image.shape[:2] != (cfg.height, cfg.width):
+                source_size = (int(image.shape[1]), int(image.shape[0]))
                 image = cv2.resize(image, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
             with self._lock:
                 index = self._frames
@@ -286,7 +338,7 @@ class Camera:
                 self._last_frame_ns = self._progress_ns = t
                 self._arrivals.append(t)
             try:
-                self._sink(Frame(t, image, index))
+                self._sink(Frame(t, image, index, source_size))
             except Exception:  # a broken consumer must not kill the camera
                 log.exception("camera: sink raised")
         return False

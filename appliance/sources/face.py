@@ -1,18 +1,23 @@
 """Face detection and tracking that turns camera frames into square face crops for the video model.
 
-Why this shape: a Haar cascade (shipped with opencv-python-headless 4.x) is cheap enough to run on the CPU
-of a bedside box but too slow and jittery to run on every frame. So the tracker re-detects every ``k`` frames,
-keeps the last box in between, smooths it (exponential moving average) against jitter, widens it by a margin
-so brow and mouth stay inside, and cuts a square crop from the *current* frame. When a detection finds no
-face, the track is dropped at once and the observation says "no face" with a reason: the model must never be
-fed an old crop or a crop of an empty cot as if it were the infant's face.
+Why this shape: a face detector (CenterFace through ONNX Runtime by default, OpenCV's Haar cascade as the
+fallback; see :mod:`appliance.sources.face_detectors`) is cheap enough for the CPU of a bedside box but not on
+every frame, and its boxes jitter. So the tracker re-detects every ``k`` frames, keeps the last box in between,
+smooths it (exponential moving average) against jitter, widens it by a margin so brow and mouth stay inside,
+and cuts a square crop from the *current* frame. A detection that misses is tolerated ``max_missed`` times in
+a row (a detector blinks on a yawn or a passing hand); after that the track is dropped and the observation
+says "no face" with a reason: the model must never be fed an old crop or a crop of an empty cot as if it were
+the infant's face.
 
 A fixed region of interest (camera mounted above the cot, face position known) is a separate, explicitly
-configured mode; it is never used as a silent fallback when detection fails.
+configured mode: the crop is always that region, but only while the detector, run inside the region, confirms
+a face there (so an empty cot or a wall is "no face", and ``neopain commission`` can fail). A region that does
+not lie inside the camera's frame is a configuration error, refused when the first frame shows the frame size.
+It is never used as a silent fallback when detection fails.
 """
 from __future__ import annotations
 
-import os
+import logging
 from dataclasses import dataclass
 
 import cv2
@@ -20,26 +25,34 @@ import numpy as np
 
 from appliance.config import default
 from appliance.sources.camera import Frame
+from appliance.sources.face_detectors import DETECTORS, Box, FaceDetector, make_detector
 
-Box = tuple[int, int, int, int]  # x, y, w, h in frame pixels
+log = logging.getLogger(__name__)
 
-CASCADE_FILE = "haarcascade_frontalface_default.xml"
+#: The config key a refused fixed ROI names (the operator edits that key).
+ROI_KEY = "camera.face_roi"
 
 
 @dataclass(frozen=True)
 class FaceConfig:
     """Tracker settings.
 
-    ``crop_size``: side of the square crop handed to the video model. ``detect_every``: re-detect every k
-    frames (1 = every frame). ``margin``: fraction of the face box added on every side. ``smoothing``: weight
-    of the new detection in the box average (1 = no smoothing). ``detect_width``: frames are downscaled to this
-    width for detection (speed). ``min_face_frac``: smallest face side as a fraction of the frame height.
-    ``max_missed``: detections allowed to miss before the track is dropped (0 = drop at the first miss).
-    ``equalize``: histogram-equalise before detection (helps in dim, low-contrast cots; off by default since it
-    also amplifies noise). ``roi``: (x, y, w, h) selects fixed-ROI mode: no detection, the crop is always taken there.
+    ``crop_size``: side of the square crop handed to the video model. ``detector``: "centerface" (default) or
+    "haar"; the other one is used, with a journal line saying why, when it cannot be loaded.
+    ``detector_model``: the CenterFace ONNX file (None: the one installed with the package).
+    ``detect_every``: re-detect every k frames (1 = every frame). ``margin``: fraction of the face box added on
+    every side. ``smoothing``: weight of the new detection in the box average (1 = no smoothing).
+    ``detect_width``: frames are resized to this width for detection (speed; small frames are enlarged).
+    ``min_face_frac``: smallest face side as a fraction of the frame height. ``score_threshold``: CenterFace's
+    minimum face score (faceless scenes score below 0.2, faces 0.6-0.95). ``max_missed``: detections in a row
+    allowed to miss before the track is dropped (0 = drop at the first miss). ``equalize``: histogram-equalise
+    before the Haar cascade (helps in dim, low-contrast cots; also amplifies noise). ``roi``: (x, y, w, h)
+    selects fixed-ROI mode: the crop is always taken there, while the detector finds a face inside it.
     """
 
     crop_size: int = default("camera", "face_crop_size")
+    detector: str = default("camera", "face_detector")
+    detector_model: str | None = None
     detect_every: int = 5
     margin: float = 0.25
     smoothing: float = 0.5
@@ -47,21 +60,27 @@ class FaceConfig:
     scale_factor: float = 1.1
     min_neighbors: int = 5
     min_face_frac: float = 0.1
-    max_missed: int = 0
+    score_threshold: float = 0.4
+    max_missed: int = 2
     equalize: bool = False
     roi: Box | None = None
 
     def __post_init__(self) -> None:
         if self.crop_size < 8:
             raise ValueError(f"FaceConfig.crop_size must be >= 8, got {self.crop_size}")
+        if self.detector not in DETECTORS:
+            raise ValueError(f"FaceConfig.detector must be one of {', '.join(DETECTORS)}, got {self.detector!r}")
         if self.detect_every < 1:
             raise ValueError(f"FaceConfig.detect_every must be >= 1, got {self.detect_every}")
+        if self.max_missed < 0:
+            raise ValueError(f"FaceConfig.max_missed must be >= 0, got {self.max_missed}")
         if not 0 < self.smoothing <= 1:
             raise ValueError(f"FaceConfig.smoothing must be in (0, 1], got {self.smoothing}")
         if self.margin < 0:
             raise ValueError(f"FaceConfig.margin must be >= 0, got {self.margin}")
-        if self.roi is not None and (len(self.roi) != 4 or self.roi[2] <= 0 or self.roi[3] <= 0):
-            raise ValueError(f"FaceConfig.roi must be (x, y, w, h) with w, h > 0, got {self.roi}")
+        if self.roi is not None and (len(self.roi) != 4 or min(self.roi[:2]) < 0 or self.roi[2] <= 0
+                                     or self.roi[3] <= 0):
+            raise ValueError(f"FaceConfig.roi must be (x, y, w, h) with x, y >= 0 and w, h > 0, got {self.roi}")
 
 
 @dataclass(frozen=True)
@@ -82,21 +101,6 @@ class FaceObservation:
     @property
     def has_face(self) -> bool:
         return self.crop is not None
-
-
-def load_cascade() -> cv2.CascadeClassifier:
-    """The frontal-face Haar cascade shipped with opencv-python-headless 4.x (absent from OpenCV 5.x)."""
-    base = getattr(getattr(cv2, "data", None), "haarcascades", None)
-    if base is None or not hasattr(cv2, "CascadeClassifier"):
-        raise RuntimeError(
-            f"OpenCV {cv2.__version__} ships no Haar cascades/CascadeClassifier; install opencv-python-headless<5 "
-            "or configure FaceConfig.roi (fixed ROI mode)"
-        )
-    path = os.path.join(base, CASCADE_FILE)
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():
-        raise RuntimeError(f"cannot load Haar cascade {path}")
-    return cascade
 
 
 def square_box(box: Box, margin: float, frame_w: int, frame_h: int) -> Box:
@@ -125,12 +129,33 @@ def crop_square(image: np.ndarray, box: Box, margin: float, size: int) -> np.nda
     return cv2.resize(patch, (size, size), interpolation=interp)
 
 
-class FaceTracker:
-    """Turns frames into :class:`FaceObservation` objects (not thread-safe: feed it from one thread)."""
+def roi_error(roi: Box, frame_w: int, frame_h: int) -> str | None:
+    """Why ``roi`` cannot be used on a ``frame_w`` x ``frame_h`` frame (None when it lies inside it)."""
+    x, y, w, h = roi
+    if x + w <= frame_w and y + h <= frame_h:
+        return None
+    return (f"{ROI_KEY} [{x}, {y}, {w}, {h}] reaches beyond the camera's {frame_w}x{frame_h} frame "
+            f"(x + width <= {frame_w}, y + height <= {frame_h} required): no face crops until it is fixed")
 
-    def __init__(self, config: FaceConfig | None = None) -> None:
-        self.config = config or FaceConfig()
-        self._cascade = None if self.config.roi is not None else load_cascade()
+
+class FaceTracker:
+    """Turns frames into :class:`FaceObservation` objects (not thread-safe: feed it from one thread).
+
+    ``detector_name`` says which detector runs; ``detector_fallback`` why it is not the configured one (None
+    when it is); ``config_error`` is set while the frames refuse the configured ROI.
+    """
+
+    def __init__(self, config: FaceConfig | None = None, detector: FaceDetector | None = None) -> None:
+        self.config = cfg = config or FaceConfig()
+        self.detector_fallback: str | None = None
+        if detector is None:
+            detector, self.detector_fallback = make_detector(
+                cfg.detector, model_path=cfg.detector_model, detect_width=cfg.detect_width,
+                min_face_frac=cfg.min_face_frac, score_threshold=cfg.score_threshold,
+                scale_factor=cfg.scale_factor, min_neighbors=cfg.min_neighbors, equalize=cfg.equalize)
+        self.detector = detector
+        self.config_error: str | None = None
+        self._checked_size: tuple[int, int] | None = None
         self._box: np.ndarray | None = None  # smoothed (x, y, w, h) as floats
         self._since_detect = 0
         self._missed = 0
@@ -139,6 +164,10 @@ class FaceTracker:
     def mode(self) -> str:
         return "roi" if self.config.roi is not None else "detect"
 
+    @property
+    def detector_name(self) -> str:
+        return self.detector.name
+
     def reset(self) -> None:
         """Forget the track (e.g. after the camera reopened: the scene may have changed)."""
         self._box = None
@@ -146,22 +175,8 @@ class FaceTracker:
         self._missed = 0
 
     def detect(self, image: np.ndarray) -> list[Box]:
-        """All face boxes the cascade finds in ``image``, in frame pixels, largest first."""
-        assert self._cascade is not None
-        cfg = self.config
-        h, w = image.shape[:2]
-        scale = min(1.0, cfg.detect_width / w)
-        gray = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
-        if scale < 1.0:
-            gray = cv2.resize(gray, (int(round(w * scale)), int(round(h * scale))), interpolation=cv2.INTER_AREA)
-        if cfg.equalize:
-            gray = cv2.equalizeHist(gray)
-        min_side = max(12, int(cfg.min_face_frac * gray.shape[0]))
-        found = self._cascade.detectMultiScale(
-            gray, scaleFactor=cfg.scale_factor, minNeighbors=cfg.min_neighbors, minSize=(min_side, min_side)
-        )
-        boxes = [tuple(int(round(v / scale)) for v in b) for b in np.asarray(found).reshape(-1, 4)]
-        return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)  # type: ignore[return-value]
+        """All face boxes the detector finds in ``image``, in frame pixels, largest first."""
+        return self.detector.detect(image)
 
     def process(self, frame: Frame) -> FaceObservation:
         """Observe one frame: a current crop, or ``None`` with the reason."""
@@ -170,16 +185,13 @@ class FaceTracker:
             return FaceObservation(frame.t_ns, None, None, "invalid frame", frame_index=frame.index)
         cfg = self.config
         if cfg.roi is not None:
-            return FaceObservation(frame.t_ns, crop_square(image, cfg.roi, 0.0, cfg.crop_size), cfg.roi,
-                                   "fixed roi", frame_index=frame.index)
+            return self._process_roi(frame, image, cfg.roi)
         detected = False
         if self._box is None or self._since_detect >= cfg.detect_every - 1:
             self._since_detect = 0
             boxes = self.detect(image)
             if not boxes:
-                self._missed += 1
-                if self._box is None or self._missed > cfg.max_missed:
-                    self._box = None
+                if not self._miss():
                     return FaceObservation(frame.t_ns, None, None, "no face detected", frame_index=frame.index)
             else:
                 self._missed = 0
@@ -188,9 +200,43 @@ class FaceTracker:
                 self._box = new if self._box is None else cfg.smoothing * new + (1 - cfg.smoothing) * self._box
         else:
             self._since_detect += 1
-        box: Box = tuple(int(round(v)) for v in self._box)  # type: ignore[assignment]
+        box: Box = tuple(int(round(v)) for v in self._box)  # type: ignore[assignment,union-attr]
         crop = crop_square(image, box, cfg.margin, cfg.crop_size)
         return FaceObservation(frame.t_ns, crop, box, "detected" if detected else "tracked", detected,
+                               frame.index)
+
+    def _miss(self) -> bool:
+        """Count a detection that found nothing; True while the track survives it (``max_missed``)."""
+        self._missed += 1
+        if self._box is None or self._missed > self.config.max_missed:
+            self._box = None
+            return False
+        return True
+
+    def _process_roi(self, frame: Frame, image: np.ndarray, roi: Box) -> FaceObservation:
+        """Fixed-ROI mode: the crop is the region, while the detector (inside the region) confirms a face."""
+        cfg = self.config
+        h, w = image.shape[:2]
+        if self._checked_size != (w, h):  # once per frame size: the first frame, and after a camera reopen
+            self._checked_size = (w, h)
+            self.config_error = roi_error(roi, w, h)
+            if self.config_error:
+                log.error("face tracker: %s", self.config_error)
+        if self.config_error:
+            return FaceObservation(frame.t_ns, None, None, self.config_error, frame_index=frame.index)
+        x, y, rw, rh = roi
+        detected = False
+        if self._box is None or self._since_detect >= cfg.detect_every - 1:
+            self._since_detect = 0
+            if self.detect(image[y:y + rh, x:x + rw]):
+                self._missed = 0
+                self._box = np.asarray(roi, dtype=float)
+                detected = True
+            elif not self._miss():
+                return FaceObservation(frame.t_ns, None, None, "no face in the fixed roi", frame_index=frame.index)
+        else:
+            self._since_detect += 1
+        return FaceObservation(frame.t_ns, crop_square(image, roi, 0.0, cfg.crop_size), roi, "fixed roi", detected,
                                frame.index)
 
     def _nearest(self, boxes: list[Box]) -> Box:

@@ -9,11 +9,16 @@ microphone unplugged, device vanished) closes the PCM and reopens it with expone
 
 ALSA's file plugin (used by the simulated bed and the tests) is not paced in real time: reads return at once
 and, past end of file, return zeros forever. ``pace_realtime`` sleeps so periods arrive at the real rate.
+
+The capture thread is supervised (:mod:`appliance.sources.supervise`): an exception nobody expected is logged,
+the thread is started again with backoff, the count is in :class:`MicrophoneHealth`, and the first period
+after the restart is flagged ``gap_before``.
 """
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass
@@ -23,6 +28,7 @@ import numpy as np
 
 from appliance.clock import NS_PER_S, now_ns
 from appliance.config import default
+from appliance.sources.supervise import SupervisedThread
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,13 @@ class MicrophoneConfig:
             raise ValueError(
                 f"MicrophoneConfig.period_size must be > 0 and periods >= 2, got {self.period_size}, {self.periods}"
             )
+        for name in ("reopen_backoff_s", "reopen_backoff_max_s"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"MicrophoneConfig.{name} must be a finite number > 0, got {value!r}")
+        if self.reopen_backoff_max_s < self.reopen_backoff_s:
+            raise ValueError(f"MicrophoneConfig.reopen_backoff_max_s ({self.reopen_backoff_max_s}) must be >= "
+                             f"reopen_backoff_s ({self.reopen_backoff_s})")
 
 
 @dataclass(frozen=True)
@@ -77,6 +90,7 @@ class MicrophoneHealth:
     open_failures: int
     last_period_age_s: float | None
     last_error: str | None
+    thread_restarts: int = 0  # the capture thread died of an exception and was started again
 
 
 PcmFactory = Callable[[MicrophoneConfig], Any]
@@ -112,7 +126,7 @@ class Microphone:
         self._sink = sink
         self._factory = pcm_factory
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._lock = threading.Lock()
         self._open = False
         self._periods = 0
@@ -120,15 +134,26 @@ class Microphone:
         self._overruns = 0
         self._reopens = 0
         self._open_failures = 0
+        self._thread_restarts = 0
+        self._opened_before = False  # across restarts of the thread: a reopen after a crash is a gap too
         self._last_ns: int | None = None
         self._last_error: str | None = None
 
     def start(self) -> "Microphone":
         if self._thread is not None:
             raise RuntimeError("Microphone.start: already started")
-        self._thread = threading.Thread(target=self._run, name="microphone", daemon=True)
-        self._thread.start()
+        cfg = self.config
+        self._thread = SupervisedThread("microphone", self._run, keep_running=lambda: not self._stop.is_set(),
+                                        wait=self._stop.wait, backoff_s=(cfg.reopen_backoff_s, cfg.reopen_backoff_max_s),
+                                        on_crash=self._crashed).start()
         return self
+
+    def _crashed(self, exc: BaseException) -> None:
+        """The capture thread died (the supervisor logged it and restarts it): count it, say why."""
+        with self._lock:
+            self._thread_restarts += 1
+            self._open = False
+            self._last_error = f"driver thread died: {type(exc).__name__}: {exc}"
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop and join (a read blocks at most one period, so this returns promptly)."""
@@ -146,7 +171,7 @@ class Microphone:
         with self._lock:
             age = None if self._last_ns is None else (now_ns() - self._last_ns) / NS_PER_S
             return MicrophoneHealth(self._open, self._periods, self._samples, self._overruns, self._reopens,
-                                    self._open_failures, age, self._last_error)
+                                    self._open_failures, age, self._last_error, self._thread_restarts)
 
     def _error(self, msg: str) -> None:
         with self._lock:
@@ -157,7 +182,6 @@ class Microphone:
     def _run(self) -> None:
         cfg = self.config
         backoff = cfg.reopen_backoff_s
-        opened_before = False
         gap = False
         while not self._stop.is_set():
             try:
@@ -172,10 +196,10 @@ class Microphone:
             backoff = cfg.reopen_backoff_s
             with self._lock:
                 self._open = True
-                if opened_before:
+                if self._opened_before:
                     self._reopens += 1
-            gap = gap or opened_before  # audio lost while the device was away
-            opened_before = True
+            gap = gap or self._opened_before  # audio lost while the device was away (or the thread restarted)
+            self._opened_before = True
             try:
                 gap = self._pump(pcm, gap)
             finally:

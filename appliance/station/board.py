@@ -18,7 +18,7 @@ import threading
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from appliance.isotime import parse_utc
 from appliance.mqtt import messages, topics
@@ -39,6 +39,12 @@ class ScorePoint:
     received: datetime  # station clock (UTC)
     modalities: tuple[str, ...] = ()
     confidence: float | None = None
+    device_id: str | None = None  # with ``sequence``: what the station confirms it stored (station.confirm)
+    sequence: int | None = None
+
+
+#: ``on_stored(site, bed, point, new)``: a score is on the board (``new`` False: a duplicate already there).
+StoredHook = Callable[[str, str, ScorePoint, bool], None]
 
 
 @dataclass
@@ -91,19 +97,27 @@ def parse_score_point(payload: bytes | str | Mapping[str, Any], received: dateti
     mods = msg.get("modalities") or {}
     used = tuple(m for m in messages.MODALITIES if isinstance(mods.get(m), Mapping) and mods[m].get("used") is True)
     conf = msg.get("confidence")
+    device, seq = msg.get("device_id"), msg.get("sequence")
     return ScorePoint(message_id=mid, nips=values["nips"], intensity=values["intensity"], window_end=end,
                       received=received, modalities=used,
-                      confidence=float(conf) if isinstance(conf, (int, float)) and not isinstance(conf, bool) else None)
+                      confidence=float(conf) if isinstance(conf, (int, float)) and not isinstance(conf, bool) else None,
+                      device_id=device if isinstance(device, str) and device else None,
+                      sequence=seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else None)
 
 
 class Board:
-    """All beds seen on the broker. ``ingest`` runs on paho's thread, ``snapshot`` on the drawing thread."""
+    """All beds seen on the broker. ``ingest`` runs on paho's thread, ``snapshot`` on the drawing thread.
 
-    def __init__(self, *, max_points: int = 512) -> None:
+    ``on_stored`` is told of every score once it is on the board (duplicates too), under the board's lock, so
+    it must only record (watch hands it to ``station.confirm.Confirmer``).
+    """
+
+    def __init__(self, *, max_points: int = 512, on_stored: StoredHook | None = None) -> None:
         self._beds: dict[tuple[str, str], BedState] = {}
         self._seen: dict[tuple[str, str], OrderedDict[str, None]] = {}
         self._lock = threading.Lock()
         self._max_points = max_points
+        self._on_stored = on_stored
 
     def ingest(self, topic: str, payload: bytes, received: datetime) -> str:
         """Apply one message; returns what it was: score, status, health, duplicate, invalid or ignored."""
@@ -140,6 +154,7 @@ class Board:
         seen = self._seen[state.key]
         if point.message_id in seen:
             state.duplicates += 1
+            self._stored(state, point, new=False)
             return "duplicate"
         seen[point.message_id] = None
         while len(seen) > 4 * self._max_points:
@@ -151,7 +166,16 @@ class Board:
             state.scores.extend(ordered)
         else:
             state.scores.append(point)
+        self._stored(state, point, new=True)
         return "score"
+
+    def _stored(self, state: BedState, point: ScorePoint, *, new: bool) -> None:
+        if self._on_stored is None:
+            return
+        try:
+            self._on_stored(state.site, state.bed, point, new)
+        except Exception:  # noqa: BLE001 - confirming must never cost the board a score
+            log.exception("watch: confirming %s/%s failed", state.site, state.bed)
 
     def snapshot(self) -> list[BedState]:
         """Copies of every bed, sorted by site then bed (natural order for numbered beds)."""

@@ -4,7 +4,9 @@ ORU^R01 over MLLP, for the hospital's record and alarm systems.
 Nothing may be lost between the broker and the hospital: each score is de-duplicated by message id and
 acknowledged to the broker (QoS 1, manual ack) only after every sink has it, so a bridge crash or a hospital
 system outage loses nothing (with ``--client-id``: a persistent broker session, so scores published while the
-bridge is down are delivered when it returns).
+bridge is down are delivered when it returns). Once every sink has a score, the bridge confirms it to the
+device (``station.confirm``: per bed, retained, rate-limited) unless ``--no-confirm``; a score a sink refused
+for good is not confirmed, since the hospital does not have it.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ import paho.mqtt.client as mqtt
 from appliance.mqtt import topics
 from appliance.mqtt.client import read_password
 from appliance.station import fhir, hl7
+from appliance.station.confirm import Confirmer, add_confirm_arguments, station_id_from_args
 from appliance.station.connection import BrokerOptions, StationConnection, add_broker_arguments
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ class Bridge:
     stops (then the message stays unacknowledged and the broker redelivers it); a permanent one (4xx, NAK) is
     counted and logged, because resending the same content cannot help. ``handle`` returns True when the
     message is finished with (delivered, duplicate, invalid or permanently refused) and may be acknowledged.
+    ``on_stored(site, bed, device_id, sequence, new=...)`` is told of each score every sink has (a
+    ``Confirmer.stored``).
     """
 
     def __init__(self, *, fhir_sink: Any = None, mllp: hl7.MllpClient | None = None, dedup_size: int = 100_000,
@@ -64,10 +69,11 @@ class Bridge:
         self.mllp = mllp
         self.hl7_options = dict(hl7_options or {})
         self.stats = BridgeStats()
-        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._seen: OrderedDict[str, bool] = OrderedDict()  # message id -> every sink has it (not refused)
         self._dedup_size = dedup_size
         self._retry = (retry_min_s, retry_max_s)
         self.stopping = threading.Event()
+        self.on_stored: Callable[..., None] | None = None
 
     def seen(self, message_id: str) -> bool:
         return message_id in self._seen
@@ -87,6 +93,8 @@ class Bridge:
                 raise ValueError("score.message_id: missing")
             if mid in self._seen:
                 self.stats.duplicates += 1
+                if self._seen[mid]:
+                    self._confirm(site, bed, score, new=False)
                 return True
             obs = fhir.score_to_observation(score, site=site, bed=bed) if self.fhir_sink is not None else None
             if obs is not None:
@@ -98,15 +106,24 @@ class Bridge:
             self.stats.invalid += 1
             log.warning("bridge: invalid score on %s: %s", topic, exc)
             return True
+        refused_before = self.stats.fhir_failed + self.stats.mllp_failed
         if obs is not None and not self._deliver("fhir", lambda: self.fhir_sink.send(obs), mid):
             return False
         if oru is not None and not self._deliver("mllp", lambda: self.mllp.send(oru), mid):  # type: ignore[union-attr]
             return False
-        self._seen[mid] = None
+        stored = self.stats.fhir_failed + self.stats.mllp_failed == refused_before  # no sink refused it for good
+        self._seen[mid] = stored
         while len(self._seen) > self._dedup_size:
             self._seen.popitem(last=False)
         self.stats.delivered += 1
+        if stored:
+            self._confirm(site, bed, score, new=True)
         return True
+
+    def _confirm(self, site: str, bed: str, score: Mapping[str, Any], *, new: bool) -> None:
+        device, seq = score.get("device_id"), score.get("sequence")
+        if self.on_stored is not None and isinstance(device, str) and isinstance(seq, int):
+            self.on_stored(site, bed, device, seq, new=new)
 
     def _deliver(self, sink: str, send: Callable[[], Any], mid: str) -> bool:
         """True when done (sent or permanently refused); False only when stopping before success."""
@@ -131,19 +148,31 @@ class Bridge:
 
 
 class BridgeService:
-    """A ``Bridge`` fed from the broker: paho's thread queues, one worker delivers in order and then acks."""
+    """A ``Bridge`` fed from the broker: paho's thread queues, one worker delivers in order and then acks.
+
+    With a ``station_id`` it confirms what every sink has to the devices (``station.confirm.Confirmer``).
+    """
 
     def __init__(self, bridge: Bridge, options: BrokerOptions, *, site: str | None = None,
-                 persistent_session_s: int = 3600) -> None:
+                 persistent_session_s: int = 3600, station_id: str | None = None,
+                 confirm_interval_s: float = 1.0) -> None:
         self.bridge = bridge
         self._queue: "queue.Queue[tuple[mqtt.MQTTMessage, int] | None]" = queue.Queue()
         filters = topics.station_filters(site, (topics.SCORE,), name="--site")
+        self.confirmer = None if station_id is None else Confirmer(
+            station_id, lambda topic, payload: self.connection.publish_retained(topic, payload),
+            min_interval_s=confirm_interval_s)
         self.connection = StationConnection(options, filters, lambda msg, gen: self._queue.put((msg, gen)),
-                                            manual_ack=True, persistent_session_s=persistent_session_s)
+                                            manual_ack=True, persistent_session_s=persistent_session_s,
+                                            on_ready=None if self.confirmer is None else self.confirmer.resend_all)
+        if self.confirmer is not None:
+            bridge.on_stored = self.confirmer.stored
         self._worker = threading.Thread(target=self._work, name="bridge-worker", daemon=True)
 
     def start(self, connect_timeout_s: float = 10.0) -> None:
         self._worker.start()
+        if self.confirmer is not None:
+            self.confirmer.start()
         self.connection.start()
         self.connection.wait_ready(connect_timeout_s)
 
@@ -165,6 +194,8 @@ class BridgeService:
         self.bridge.stopping.set()
         self._queue.put(None)
         self._worker.join(timeout_s)
+        if self.confirmer is not None:
+            self.confirmer.stop()  # a last flush while still connected
         self.connection.stop()
         if self.bridge.mllp is not None:
             self.bridge.mllp.close()
@@ -185,6 +216,7 @@ def add_bridge_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, metavar="S", help="stop after S seconds (default: run until killed)")
     parser.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                         help="give up when the broker does not accept us within S seconds (default: 10)")
+    add_confirm_arguments(parser, "bridge")
 
 
 def _bridge_from_args(args: argparse.Namespace) -> Bridge:
@@ -208,7 +240,9 @@ def run_bridge(args: argparse.Namespace) -> int:
     """``neopain bridge``: runs until SIGTERM/SIGINT or ``--duration``; prints a one-line summary at the end."""
     try:
         bridge = _bridge_from_args(args)
-        service = BridgeService(bridge, BrokerOptions.from_args(args), site=args.site)
+        service = BridgeService(bridge, BrokerOptions.from_args(args), site=args.site,
+                                station_id=station_id_from_args(args, "bridge", args.client_id),
+                                confirm_interval_s=args.confirm_interval)
     except (ValueError, OSError) as exc:
         print(f"neopain bridge: {exc}", file=sys.stderr)
         return 2

@@ -8,6 +8,7 @@ line; the client itself comes from ``appliance.mqtt.client`` like the device's, 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import threading
 import time
@@ -21,6 +22,7 @@ from paho.mqtt.properties import Properties
 
 from appliance.mqtt.client import make_client, read_password
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class BrokerOptions:
@@ -84,12 +86,16 @@ class StationConnection:
     ``on_message(msg, generation)`` runs on paho's thread; ``generation`` counts connections so a manual ack
     for a message from an earlier connection is never sent on a later one (the broker redelivers it instead).
     With ``persistent_session_s`` > 0 and a client id, the broker keeps the subscription and queues QoS 1
-    messages while this client is away.
+    messages while this client is away. ``on_ready()`` runs (on paho's thread) each time the subscription is
+    in place, e.g. to re-send the station's confirmations after a reconnect.
     """
 
     def __init__(self, options: BrokerOptions, topics: list[str], on_message: MessageHandler, *,
-                 manual_ack: bool = False, persistent_session_s: int = 0) -> None:
+                 manual_ack: bool = False, persistent_session_s: int = 0,
+                 on_ready: Callable[[], None] | None = None) -> None:
         self.options = options
+        self._on_ready = on_ready
+        self._refusal_logged = False
         self.topics = topics
         self._on_message = on_message
         self._persistent = persistent_session_s if options.client_id else 0
@@ -106,6 +112,7 @@ class StationConnection:
         client.on_connect_fail = self._connect_failed
         client.on_disconnect = self._disconnected
         client.on_subscribe = self._subscribed
+        client.on_publish = self._published
         client.on_message = lambda c, u, msg: self._on_message(msg, self.generation)
         self.client = client
 
@@ -125,6 +132,21 @@ class StationConnection:
             self._failed.set()
             return
         self.connected.set()
+        if self._on_ready is not None:
+            self._on_ready()
+
+    def _published(self, client: mqtt.Client, userdata: Any, mid: int, rc: Any, props: Any) -> None:
+        if rc.is_failure and not self._refusal_logged:  # once: an ACL refusal would repeat for every bed
+            self._refusal_logged = True
+            log.warning("station: the broker refused a publish (%s); the station's user needs write access to "
+                        "neopain/+/+/confirm/<station-id> to confirm deliveries", rc)
+
+    def publish_retained(self, topic: str, payload: bytes) -> bool:
+        """A QoS 1 retained publish, only while connected and subscribed (False: not sent, the caller keeps it
+        due), so nothing stale is queued in paho while the broker is away."""
+        if not self.connected.is_set():
+            return False
+        return self.client.publish(topic, payload, qos=1, retain=True).rc == mqtt.MQTT_ERR_SUCCESS
 
     def _connect_failed(self, client: mqtt.Client, userdata: Any) -> None:
         # paho calls this inside its ``except OSError`` block, so the cause (refused, TLS) is the one handled.

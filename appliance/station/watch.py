@@ -3,7 +3,9 @@
 Glue only, so each layer stays testable on its own: ``StationConnection`` feeds every message into a
 ``Board`` on paho's thread, and this loop draws ``render_table`` of a snapshot every ``--refresh`` seconds (or
 once, with ``--once``, for logs and tests). While the broker is gone the title says NOT CONNECTED, so an old
-table is never mistaken for a live one; the scores themselves turn stale by age (see ``table``).
+table is never mistaken for a live one; the scores themselves turn stale by age (see ``table``). Each score on
+the board is confirmed to its device (``station.confirm``: per bed, retained, at most once a second) unless
+``--no-confirm``.
 """
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import argparse
 import sys
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from appliance.mqtt import topics
-from appliance.station.board import Board
+from appliance.station.board import Board, ScorePoint
+from appliance.station.confirm import Confirmer, add_confirm_arguments, station_id_from_args
 from appliance.station.connection import BrokerOptions, StationConnection, add_broker_arguments
 from appliance.station.table import render_table
 
@@ -33,6 +36,19 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--plain", action="store_true", help="no ANSI colours or screen redraw")
     g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                    help="give up when the broker does not accept us within S seconds (default: 10)")
+    add_confirm_arguments(parser, "watch")
+
+
+def _confirm_to(confirmer: Confirmer | None) -> Callable[[str, str, ScorePoint, bool], None] | None:
+    """The board's ``on_stored``: hand each sequenced score to the confirmer (None: confirmations off)."""
+    if confirmer is None:
+        return None
+
+    def stored(site: str, bed: str, point: ScorePoint, new: bool) -> None:
+        if point.device_id is not None and point.sequence is not None:
+            confirmer.stored(site, bed, point.device_id, point.sequence, new=new)
+
+    return stored
 
 
 def run_watch(args: argparse.Namespace, *, out: Any = None) -> int:
@@ -45,17 +61,26 @@ def run_watch(args: argparse.Namespace, *, out: Any = None) -> int:
     try:
         options = BrokerOptions.from_args(args)
         filters = topics.station_filters(args.site, name="--site")
-        board = Board()
+        station_id = station_id_from_args(args, "watch")
+        confirmer = None if station_id is None else Confirmer(
+            station_id, lambda topic, payload: conn.publish_retained(topic, payload),
+            min_interval_s=args.confirm_interval)
+        board = Board(on_stored=_confirm_to(confirmer))
         conn = StationConnection(options, filters, lambda msg, gen: board.ingest(
-            msg.topic, bytes(msg.payload), datetime.now(timezone.utc)))
+            msg.topic, bytes(msg.payload), datetime.now(timezone.utc)),
+            on_ready=None if confirmer is None else confirmer.resend_all)
     except (ValueError, OSError) as exc:
         print(f"neopain watch: {exc}", file=sys.stderr)
         return 2
+    if confirmer is not None:
+        confirmer.start()
     conn.start()
     try:
         conn.wait_ready(args.connect_timeout)
     except ConnectionError as exc:
         print(f"neopain watch: {exc}", file=sys.stderr)
+        if confirmer is not None:
+            confirmer.stop()
         conn.stop()
         return 2
 
@@ -78,4 +103,6 @@ def run_watch(args: argparse.Namespace, *, out: Any = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
+        if confirmer is not None:
+            confirmer.stop()  # a last flush while still connected
         conn.stop()

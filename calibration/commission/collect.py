@@ -29,8 +29,8 @@ ECG_LABEL = "ECG_II"  # appliance.sources.monitor.reader.ECG_LABEL (not imported
 
 @dataclass
 class Snapshot:
-    """The frame of the last face observation (BGR), its face box, and whether the box is confirmed (by the
-    cascade on this frame, or the configured fixed ROI) rather than carried over by the tracker."""
+    """The frame of the last face observation (BGR), its face box (the fixed ROI in ROI mode), and whether
+    the face detector confirmed it on this very frame rather than the tracker carrying it over."""
 
     image: np.ndarray
     box: tuple[int, int, int, int] | None
@@ -68,8 +68,8 @@ def evidence_sinks(ev: Evidence) -> Sinks:
             ev.frame_stats.append((stats.brightness, stats.contrast, stats.blur_variance))
             if obs.crop is not None:
                 ev.face_frames += 1
-                confirmed = obs.detected or obs.reason == "fixed roi"
-                if confirmed or ev.face_snapshot is None:  # prefer a frame the cascade confirmed
+                confirmed = obs.detected
+                if confirmed or ev.face_snapshot is None:  # prefer a frame the detector confirmed
                     ev.face_snapshot = Snapshot(frame.image.copy(), obs.box, confirmed)
             elif ev.frames % 30 == 1:  # what the camera sees when it finds no face (only used then)
                 ev.snapshot = Snapshot(frame.image.copy(), None, False)
@@ -163,7 +163,9 @@ def collect(config: Config, duration_s: float, *, progress: bool = True,
         ended_ns = now_ns()
         camera_fps = sources.fps().get("camera", 0.0)
         monitor_health = sources.monitor.health() if sources.monitor is not None else None
-        mode = sources.tracker.mode if sources.tracker is not None else "detect"
+        tracker = sources.tracker
+        mode = tracker.mode if tracker is not None else "detect"
+        detector = (tracker.detector_name, tracker.detector_fallback, tracker.config_error) if tracker else None
     finally:
         sources.close()
     elapsed_s = time.monotonic() - t0
@@ -174,7 +176,9 @@ def collect(config: Config, duration_s: float, *, progress: bool = True,
             st = np.asarray(ev.frame_stats, dtype=np.float64).reshape(-1, 3)
             med = np.median(st, axis=0) if len(st) else [None, None, None]
             camera = CameraSummary(ev.frames, ev.face_frames, *(None if m is None else float(m) for m in med),
-                                   fps=float(camera_fps), mode=mode)
+                                   fps=float(camera_fps), mode=mode, detector=detector[0] if detector else None,
+                                   detector_fallback=detector[1] if detector else None,
+                                   config_error=detector[2] if detector else None)
         levels = np.zeros(0)
         microphone = None
         if config.microphone.enabled:

@@ -31,7 +31,7 @@ MIN_FACE_FRACTION = _WINDOWS.min_face_fraction
 BRIGHTNESS_RANGE = (40.0, 220.0)
 #: RMS contrast (standard deviation of grey, 0-255) of the face region. A covered lens, a fogged incubator
 #: wall or a uniform blanket leaves sensor noise only (below ~10); faces measure 15-45 (the synthetic bed's
-#: rendered faces ~17, drawn test faces ~37).
+#: rendered faces ~25, drawn test faces ~37).
 MIN_CONTRAST = 10.0
 #: Variance of the Laplacian of the face region resized to BLUR_SIDE^2. Out-of-focus or motion-smeared
 #: crops lose the brow bulge / eye squeeze / nasolabial furrow the video model reads. Measured on the
@@ -173,6 +173,9 @@ class CameraSummary:
     blur_variance: float | None
     fps: float
     mode: str  # "detect" or "roi"
+    detector: str | None = None  # the face detector that ran ("centerface", "haar"); None if none was made
+    detector_fallback: str | None = None  # why it is not the configured one
+    config_error: str | None = None  # e.g. camera.face_roi beyond the frame: why no crop was taken at all
 
     @property
     def face_fraction(self) -> float:
@@ -210,10 +213,15 @@ def camera_checks(s: CameraSummary) -> list[Check]:
     out = [Check(g, "frames received", float(s.frames), "frames", "> 0", _status(s.frames > 0),
                  "no frame at all: camera unplugged, wrong camera.source, or no permission (group video)")]
     roi = s.mode == "roi"
+    if s.detector is not None:
+        out.append(Check(g, "face detector", s.detector, "", "the configured one", _status(not s.detector_fallback,
+                         warn_only=True), f"fallback: {s.detector_fallback}"))
+    why = ("no face found inside camera.face_roi: it misses the face, or the face is covered or turned away; "
+           "adjust camera.face_roi or the camera" if roi else
+           "the face is out of frame, too small, turned away or covered: reposition the camera")
     out.append(Check(g, "face found" + (" (fixed ROI)" if roi else ""), 100.0 * s.face_fraction, "% of frames",
                      f">= {100 * MIN_FACE_FRACTION:.0f} %", _status(s.frames > 0 and s.face_fraction >= MIN_FACE_FRACTION),
-                     "fixed camera.face_roi: always cropped; check the snapshot shows the face" if roi else
-                     "the face is out of frame, too small, turned away or covered: reposition the camera"))
+                     s.config_error or why))
     lo, hi = BRIGHTNESS_RANGE
     b = s.brightness
     out.append(Check(g, "brightness", b, "mean grey 0-255", f"{lo:.0f}..{hi:.0f}",

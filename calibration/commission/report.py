@@ -35,7 +35,7 @@ SNAPSHOT_MARGIN = 0.5
 
 
 def snapshot_image(snap: Snapshot) -> np.ndarray:
-    """The region around the face box with the box drawn (green: confirmed by the cascade / fixed ROI,
+    """The region around the face box with the box drawn (green: confirmed by the face detector on that frame,
     yellow: tracked), or the whole frame when no face was found, scaled to :data:`SNAPSHOT_SIDE`."""
     image = snap.image.copy()
     h, w = image.shape[:2]

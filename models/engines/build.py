@@ -26,6 +26,10 @@ distribution the engine will see, and these files hold no face images at full re
 could be replayed (only the normalised face crop at network size is kept). Files are read in name
 order. The fusion head is calibrated on the tokens the (ONNX Runtime) encoders produce for the same
 windows. A dataset (docs/dataset.md layout) can be used instead with ``--calibration-dataset``.
+
+INT8 engines are built from the QDQ parts of ``neopain export --int8`` (explicit quantization: those
+windows already calibrated them once, for every backend); the windows given here are only needed for a
+part without a QDQ graph, which TensorRT then calibrates implicitly (logged with the reason).
 """
 
 from __future__ import annotations
@@ -39,64 +43,15 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from models.engines.base import BackendUnavailable, EngineError
+from models.engines.windows import CALIBRATION_SUFFIX, read_calibration_dir, window_specs, write_calibration_window
 from models.manifest import Manifest, read_manifest, verify_part
 
 log = logging.getLogger(__name__)
 
 EXIT_UNAVAILABLE = 3  # TensorRT or a GPU is missing here (the daemon falls back to ONNX Runtime)
-CALIBRATION_SUFFIX = ".npz"
-
-
-def _window_specs(manifest: Manifest) -> dict[str, tuple[tuple[int, ...], str]]:
-    from models.estimator import INPUT_NAMES
-
-    specs = {t.name: t for p in manifest.parts.values() for t in p.inputs}
-    return {n: (tuple(int(d) for d in specs[n].shape[1:]), specs[n].dtype) for n in INPUT_NAMES}
-
-
-def write_calibration_window(path: str | Path, inputs: Mapping[str, np.ndarray]) -> Path:
-    """Write one calibration window (the arrays of ``model_inputs``, no batch dimension) as ``.npz``."""
-    from models.estimator import INPUT_NAMES
-
-    missing = [n for n in INPUT_NAMES if n not in inputs]
-    if missing:
-        raise ValueError(f"calibration window misses inputs {missing}")
-    path = Path(path)
-    if path.suffix != CALIBRATION_SUFFIX:
-        raise ValueError(f"calibration window files end in {CALIBRATION_SUFFIX}, got {path.name}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **{n: np.asarray(inputs[n]) for n in INPUT_NAMES})
-    return path
-
-
-def read_calibration_dir(directory: str | Path, manifest: Manifest, limit: int | None = None) -> list[dict[str, np.ndarray]]:
-    """The calibration windows in ``directory``, each checked against the model's input shapes.
-
-    Errors name the file and the key (missing, wrong shape, wrong dtype, not an npz).
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise EngineError(f"calibration directory {directory} does not exist")
-    files = sorted(directory.glob(f"*{CALIBRATION_SUFFIX}"))[:limit]
-    if not files:
-        raise EngineError(f"calibration directory {directory} holds no {CALIBRATION_SUFFIX} windows")
-    specs = _window_specs(manifest)
-    windows = []
-    for path in files:
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                arrays = {k: data[k] for k in data.files}
-        except Exception as exc:  # zipfile/pickle errors of a damaged file
-            raise EngineError(f"calibration window {path} cannot be read ({type(exc).__name__}: {exc})") from exc
-        for name, (shape, dtype) in specs.items():
-            if name not in arrays:
-                raise EngineError(f"calibration window {path}: key {name!r} is missing (has {sorted(arrays)})")
-            if arrays[name].shape != shape:
-                raise EngineError(f"calibration window {path}: key {name!r} has shape {arrays[name].shape}, the model wants {shape}")
-            if np.dtype(dtype) == np.bool_ and arrays[name].dtype != np.bool_:
-                raise EngineError(f"calibration window {path}: key {name!r} must be bool, got {arrays[name].dtype}")
-        windows.append({n: arrays[n].astype(dtype) for n, (_, dtype) in specs.items()})
-    return windows
+__all__ = ["CALIBRATION_SUFFIX", "EXIT_UNAVAILABLE", "build_engines", "calibration_from_dataset", "int8_sources",
+           "part_calibration_batches", "read_calibration_dir", "run_build_engines", "window_specs",
+           "write_calibration_window"]
 
 
 def calibration_from_dataset(dataset: str | Path, manifest: Manifest, limit: int = 64) -> list[dict[str, np.ndarray]]:
@@ -144,8 +99,8 @@ def build_engines(
     """Build (or find valid in the cache) a TensorRT plan per part; returns (part, path, built) rows.
 
     Raises :class:`BackendUnavailable` without TensorRT/GPU, :class:`EngineError` for a bad model dir,
-    missing INT8 calibration windows or a failed build. INT8 calibrates at batch 1 (the profile's opt
-    shape, which TensorRT 10 calibrates at).
+    missing INT8 calibration windows for a part without a QDQ graph, or a failed build. Implicit INT8
+    calibrates at batch 1 (the profile's opt shape, which TensorRT 10 calibrates at).
     """
     from tqdm import tqdm
 
@@ -157,17 +112,23 @@ def build_engines(
         raise BackendUnavailable(reason)
     manifest = read_manifest(model_dir)
     paths = {name: verify_part(model_dir, manifest, name) for name in manifest.parts}
+    explicit = {name: False for name in manifest.parts}
     per_part: dict[str, list[dict[str, np.ndarray]]] = {}
     if precision == "int8":
-        if not calibration:
-            raise EngineError("INT8 needs calibration windows: --calibration DIR (neopain calibrate capture-int8) or --calibration-dataset DIR")
-        per_part = part_calibration_batches(model_dir, calibration, batch_size=1)
+        implicit = int8_sources(model_dir, manifest, paths, explicit)
+        if implicit:
+            if not calibration:
+                raise EngineError(
+                    f"INT8 parts without a QDQ graph ({'; '.join(f'{n}: {r}' for n, r in implicit.items())}) need "
+                    "calibration windows: --calibration DIR (neopain calibrate capture-int8) or --calibration-dataset "
+                    "DIR; or export the QDQ parts with `neopain export --int8 CALIB_DIR`")
+            per_part = part_calibration_batches(model_dir, calibration, batch_size=1)
     cache = EngineCache(cache_dir)
     cache.directory.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in tqdm(list(manifest.parts), desc=f"TensorRT {precision}", unit="part"):
-        kwargs = {"max_batch": max_batch, "timing_cache": cache.directory / "timing.cache"}
-        if precision == "int8":
+        kwargs = {"max_batch": max_batch, "timing_cache": cache.directory / "timing.cache", "explicit": explicit[name]}
+        if precision == "int8" and not explicit[name]:
             kwargs["calibration_batches"] = per_part[name]
             kwargs["calibration_cache"] = cache.directory / f"{name}.{manifest.model_version}.int8.calib"
         path, built = build_cached(name, paths[name], precision, cache, force=force, **kwargs)
@@ -176,12 +137,37 @@ def build_engines(
     return rows
 
 
+def int8_sources(model_dir: str | Path, manifest: Manifest, paths: dict[str, Path], explicit: dict[str, bool]) -> dict[str, str]:
+    """Point ``paths`` at each part's QDQ graph where it has one (``explicit[part] = True``).
+
+    Returns the parts left to TensorRT's implicit calibrator, each with the reason (logged).
+    """
+    from models.manifest import verify_int8_part
+
+    implicit: dict[str, str] = {}
+    for name in manifest.parts:
+        qdq = verify_int8_part(model_dir, manifest, name)
+        if qdq is not None:
+            paths[name], explicit[name] = qdq, True
+            continue
+        if manifest.int8 is None:
+            implicit[name] = "the model has no QDQ parts (exported without --int8)"
+        else:
+            part = manifest.int8.parts.get(name)
+            implicit[name] = f"no QDQ graph: {part.reason if part else 'not in the INT8 build'}"
+        log.warning("TensorRT INT8 %s: implicit calibration (deprecated since TensorRT 10.1), because %s", name, implicit[name])
+    return implicit
+
+
 def add_build_engines_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``neopain build-engines``."""
     parser.add_argument("--model-dir", help="exported model directory")
     parser.add_argument("--cache-dir", help="engine cache directory")
-    parser.add_argument("--precision", choices=["fp16", "int8"], default="fp16", help="default: fp16")
-    parser.add_argument("--calibration", help="INT8: directory of .npz calibration windows (neopain calibrate capture-int8)")
+    parser.add_argument("--precision", choices=["fp32", "fp16", "int8"], default=None,
+                        help="default: fp16 (with --config: [scoring] precision); int8 builds from the QDQ parts of "
+                        "`neopain export --int8`")
+    parser.add_argument("--calibration", help="INT8, parts without a QDQ graph only: directory of .npz calibration "
+                        "windows (neopain calibrate capture-int8)")
     parser.add_argument("--calibration-dataset", help="INT8: dataset directory to calibrate with instead")
     parser.add_argument("--calibration-windows", type=int, default=64, help="INT8: windows to use at most (default 64)")
     parser.add_argument("--max-batch", type=int, default=4, help="largest batch of the optimisation profile (default 4)")
@@ -191,13 +177,16 @@ def add_build_engines_arguments(parser: argparse.ArgumentParser) -> None:
 def run_build_engines(args: argparse.Namespace) -> int:
     """``neopain build-engines``: 0 built/valid, 1 bad input or failed build, 3 TensorRT/GPU unavailable."""
     model_dir, cache_dir = args.model_dir, args.cache_dir
+    args.precision = args.precision or "fp16"
     try:
         if not model_dir or not cache_dir:
             raise EngineError("give --model-dir and --cache-dir")
         calibration = None
         if args.precision == "int8":
             manifest = read_manifest(model_dir)
-            if args.calibration:
+            if manifest.int8 is not None and all(p.onnx for p in manifest.int8.parts.values()):
+                pass  # every part has its QDQ graph: no calibration windows needed
+            elif args.calibration:
                 calibration = read_calibration_dir(args.calibration, manifest, limit=args.calibration_windows)
             elif args.calibration_dataset:
                 calibration = calibration_from_dataset(args.calibration_dataset, manifest, limit=args.calibration_windows)

@@ -1,4 +1,9 @@
-"""ONNX Runtime backend: the CPU default on a laptop or in CI, and CUDA / TensorRT providers when present."""
+"""ONNX Runtime backend: the CPU default on a laptop or in CI, and CUDA / TensorRT providers when present.
+
+INT8: a QDQ part (``qdq=True``, :mod:`models.quantize`) opened on the CPU provider is rewritten in memory for
+ONNX Runtime's x86 integer kernels (:mod:`models.engines.ort_int8`); on this project's CPUs those are the
+AVX-512 VNNI U8S8 GEMMs (``vpdpbusds``).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +26,7 @@ class OnnxRuntimeEngine(Engine):
         onnx_path: str | Path,
         providers: Sequence[str] = ("CPUExecutionProvider",),
         intra_op_threads: int = 0,
+        qdq: bool = False,
     ) -> None:
         try:
             import onnxruntime as ort
@@ -39,8 +45,15 @@ class OnnxRuntimeEngine(Engine):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        self.qdq = qdq
+        self.rewrites: dict[str, int] = {}
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
+            source: str | bytes = str(path)
+            if qdq and chosen[0] == "CPUExecutionProvider":
+                from models.engines.ort_int8 import cpu_int8_model_bytes
+
+                source, self.rewrites = cpu_int8_model_bytes(path)
+            self.session = ort.InferenceSession(source, sess_options=options, providers=chosen)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
             raise EngineError(f"ONNX Runtime cannot load {path}: {exc}") from exc
         self.providers = self.session.get_providers()

@@ -5,10 +5,17 @@ many networks there are or which backend runs them. The model directory's manife
 (:mod:`models.manifest`) says which files make the model, their checksums, their tensor names and
 shapes; the backends only differ in how a part is loaded:
 
-* ``onnxruntime``: the ONNX file (CPU provider; CUDA when this onnxruntime build has it);
+* ``onnxruntime``: the ONNX file (CPU provider; CUDA when this onnxruntime build has it); at ``int8`` the
+  QDQ parts of ``neopain export --int8`` (a model without them runs FP32, logged);
 * ``torch``: ``estimator.pt`` rebuilt and split with :func:`models.graphs.split_estimator` (FP16 on CUDA);
 * ``tensorrt``: the plan built by ``neopain build-engines`` for this GPU/TensorRT/precision/ONNX hash
-  from the engine cache; a missing or foreign plan is an error that says to rebuild.
+  from the engine cache (at ``int8`` built from the QDQ part where the model has one); a missing or
+  foreign plan is an error that says to rebuild.
+
+Precision (``[scoring] precision``): ``fp32`` everywhere; ``fp16`` (the default) = TensorRT FP16, PyTorch
+FP16 on CUDA, ONNX Runtime FP32 (its CPU kernels have no fast FP16); ``int8`` = TensorRT INT8, ONNX
+Runtime on the QDQ parts, PyTorch as at ``fp16`` (it has no INT8 path here). :attr:`ScoringEngines.precision`
+says what actually runs.
 
 Every part is fed by name from the model inputs and the earlier parts' outputs, so the order of
 arguments in a file can never silently swap two tensors.
@@ -16,6 +23,7 @@ arguments in a file can never silently swap two tensors.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +32,12 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from models.engines.base import BackendUnavailable, Engine, EngineError
-from models.manifest import ESTIMATOR_NAME, Manifest, check_preprocessing, read_manifest, verify_part
+from models.manifest import ESTIMATOR_NAME, Manifest, check_preprocessing, read_manifest, verify_int8_part, verify_part
+
+log = logging.getLogger(__name__)
 
 BACKENDS = ("tensorrt", "onnxruntime", "torch")
+PRECISIONS = ("fp32", "fp16", "int8")
 ORT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
 
 
@@ -78,6 +89,8 @@ class ScoringEngines:
     ) -> None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.model_dir = Path(model_dir)
         self.backend = backend
         self.manifest: Manifest = read_manifest(self.model_dir)
@@ -87,10 +100,11 @@ class ScoringEngines:
         self.precision = "fp32"
         self.device = "cpu"
         self.providers: list[str] = []
+        self.quantized_parts: list[str] = []  # parts running a QDQ graph
         self.engines: dict[str, Engine] = {}
         try:
             if backend == "onnxruntime":
-                self._load_onnxruntime(ort_providers, threads)
+                self._load_onnxruntime(ort_providers, threads, precision)
             elif backend == "torch":
                 self._load_torch(precision, device, threads)
             else:
@@ -102,15 +116,29 @@ class ScoringEngines:
 
     # ------------------------------------------------------------------------------------------- loading
 
-    def _load_onnxruntime(self, providers: Sequence[str], threads: int) -> None:
+    def _load_onnxruntime(self, providers: Sequence[str], threads: int, precision: str) -> None:
         from models.engines.onnxruntime import OnnxRuntimeEngine
 
+        int8 = precision == "int8"
+        if int8 and self.manifest.int8 is None:
+            log.warning("%s has no INT8 (QDQ) parts: running FP32 on ONNX Runtime; export them with "
+                        "`neopain export --int8 CALIB_DIR`", self.model_dir)
+            int8 = False
+        quantized = []
         for name in self.manifest.parts:
-            path = verify_part(self.model_dir, self.manifest, name)
-            self.engines[name] = OnnxRuntimeEngine(path, providers=providers, intra_op_threads=threads)
+            qdq = verify_int8_part(self.model_dir, self.manifest, name) if int8 else None
+            if int8 and qdq is None:
+                log.info("ONNX Runtime INT8: part %s has no QDQ graph (%s); it runs FP32", name,
+                         self.manifest.int8.parts.get(name).reason if name in self.manifest.int8.parts else "not listed")  # type: ignore[union-attr]
+            path = qdq or verify_part(self.model_dir, self.manifest, name)
+            self.engines[name] = OnnxRuntimeEngine(path, providers=providers, intra_op_threads=threads, qdq=qdq is not None)
+            if qdq is not None:
+                quantized.append(name)
         first = next(iter(self.engines.values()))
         self.providers = list(first.providers)  # type: ignore[attr-defined]
         self.device = "cuda" if "CUDAExecutionProvider" in self.providers else "cpu"
+        self.precision = "int8" if quantized else "fp32"
+        self.quantized_parts = quantized
 
     def _load_torch(self, precision: str, device: str | None, threads: int) -> None:
         import torch
@@ -149,9 +177,13 @@ class ScoringEngines:
             raise BackendUnavailable(reason)
         if cache_dir is None:
             raise EngineError("the tensorrt backend needs the engine cache directory (scoring.engine_cache_dir)")
+        if precision == "fp32" or precision == "fp16" or self.manifest.int8 is None:
+            sources = {name: verify_part(self.model_dir, self.manifest, name) for name in self.manifest.parts}
+        else:  # the plan build-engines made from the part's QDQ graph, or from the FP32 one with a calibrator
+            sources = {name: verify_int8_part(self.model_dir, self.manifest, name)
+                       or verify_part(self.model_dir, self.manifest, name) for name in self.manifest.parts}
         cache = EngineCache(cache_dir)
-        for name in self.manifest.parts:
-            path = verify_part(self.model_dir, self.manifest, name)
+        for name, path in sources.items():
             self.engines[name] = TensorRTEngine.from_cache(name, path, precision, cache)
         self.precision = precision
         self.device = "cuda"

@@ -1,11 +1,14 @@
 """TensorRT 10 backend: build FP16/INT8 engines from ONNX on the device, cache them, run them.
 
-Built through the Python builder API with an ``OnnxParser``; FP16 is always enabled beside INT8 so layers
-without an INT8 implementation fall back to FP16. INT8 uses the entropy calibrator with a calibration
-cache, fed with real windows captured on the device (``neopain calibrate capture-int8``) or taken from a
-dataset. (TensorRT 10.1 deprecates implicit calibration in favour of explicit Q/DQ nodes; the calibrator
-still works and keeps the ONNX graphs free of quantisation nodes until a QAT pipeline exists.) A timing
-cache shortens rebuilds. Plans are stored in :mod:`models.engines.cache` under their full validity key.
+Built through the Python builder API with an ``OnnxParser``. INT8 is **explicit quantization**, the path
+TensorRT 10 recommends: the part's QDQ graph from ``neopain export --int8`` (:mod:`models.quantize`, the
+same graph ONNX Runtime runs on the CPU) carries every scale, so no calibrator runs; the builder gets the
+INT8 and FP16 flags (TensorRT 10's weakly typed mode: the Q/DQ nodes pin what runs in INT8, the layers
+between them may run FP16). TensorRT 11 removed those flags: there the network is created strongly typed
+and the layers outside Q/DQ run in their ONNX type (FP32). The implicit entropy calibrator (deprecated since
+TensorRT 10.1, gone in 11) is used only for a part that has no QDQ graph — a model exported without
+``--int8``, or a part the quantizer could not handle — and the reason is logged. FP16 is unchanged. A
+timing cache shortens rebuilds. Plans are stored in :mod:`models.engines.cache` under their full validity key.
 """
 
 from __future__ import annotations
@@ -94,30 +97,61 @@ class _EntropyCalibrator:
         return EntropyCalibrator(*args, **kwargs)
 
 
+def weakly_typed(trt: Any) -> bool:
+    """TensorRT < 11: precision comes from builder flags (FP16/INT8); 11 removed them (strong typing only)."""
+    return hasattr(trt.BuilderFlag, "FP16") and hasattr(trt.BuilderFlag, "INT8")
+
+
+def count_qdq_layers(network: Any, trt: Any) -> int:
+    """Quantize/Dequantize layers of a parsed network: > 0 means explicit quantization."""
+    kinds = {trt.LayerType.QUANTIZE, trt.LayerType.DEQUANTIZE}
+    return sum(1 for i in range(network.num_layers) if network.get_layer(i).type in kinds)
+
+
 def build_plan(
     onnx_path: str | Path,
     precision: str,
     *,
+    explicit: bool = False,
     max_batch: int = 4,
     calibration_batches: Iterable[Mapping[str, np.ndarray]] | None = None,
     calibration_cache: str | Path | None = None,
     timing_cache: str | Path | None = None,
     workspace_bytes: int = 1 << 30,
 ) -> bytes:
-    """Parse ``onnx_path`` and build a serialized plan at ``precision`` (fp32 | fp16 | int8)."""
+    """Parse ``onnx_path`` and build a serialized plan at ``precision`` (fp32 | fp16 | int8).
+
+    ``explicit`` (int8 only): ``onnx_path`` is a QDQ graph; its scales are used as they are, no calibrator.
+    Otherwise int8 calibrates implicitly on ``calibration_batches``.
+    """
     trt = _trt()
+    weak = weakly_typed(trt)
+    if not weak and precision == "fp16":
+        raise EngineError(f"TensorRT {trt.__version__} builds strongly typed networks only (the FP16 builder flag was "
+                          "removed in 11): FP16 engines need TensorRT 10.x (JetPack 6)")
+    if not weak and precision == "int8" and not explicit:
+        raise EngineError(f"TensorRT {trt.__version__} has no INT8 calibrator (removed in 11): {onnx_path} needs a "
+                          "QDQ graph (`neopain export --int8`) or TensorRT 10.x")
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(0)  # TensorRT 10: explicit batch is the only mode
+    flags = 0  # TensorRT 10: explicit batch is the only mode
+    if precision == "int8" and explicit and not weak:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise EngineError(f"TensorRT cannot parse {onnx_path}: {errors}")
+    if explicit and count_qdq_layers(network, trt) == 0:
+        raise EngineError(f"{onnx_path} has no Quantize/Dequantize layers; it is not a QDQ graph")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision in ("fp16", "int8"):
+    if weak and precision in ("fp16", "int8"):
         config.set_flag(trt.BuilderFlag.FP16)
-    if precision == "int8":
+    if precision == "int8" and explicit:
+        if weak:
+            config.set_flag(trt.BuilderFlag.INT8)  # Q/DQ layers present: explicit quantization, no calibrator
+    elif precision == "int8":
         batches = list(calibration_batches or [])
         if not batches:
             raise EngineError("INT8 needs calibration windows (neopain calibrate capture-int8, or a dataset)")
@@ -131,7 +165,7 @@ def build_plan(
         fixed = shape[1:]
         profile.set_shape(tensor.name, (1, *fixed), (1, *fixed), (max_batch, *fixed))
     config.add_optimization_profile(profile)
-    if precision == "int8":
+    if precision == "int8" and not explicit:
         config.set_calibration_profile(profile)
     cache = None
     if timing_cache is not None:
@@ -209,6 +243,8 @@ __all__ = [
     "TensorRTEngine",
     "build_cached",
     "build_plan",
+    "count_qdq_layers",
     "engine_key",
     "tensorrt_available",
+    "weakly_typed",
 ]

@@ -14,7 +14,7 @@ import numpy as np
 
 from models.configs import MODALITIES, ModelConfig
 from models.features.audio import MIN_PATCH_SAMPLES, SAMPLE_RATE, log_mel_patches, pad_patches
-from models.features.video import preprocess_clip
+from models.features.video import clip_array
 from models.features.vitals import build_vitals_grid, hrv_features
 
 
@@ -26,7 +26,7 @@ class RawWindow:
     """
 
     end_s: float
-    frames: np.ndarray | None  # (T, H, W, 3) uint8 RGB face crops
+    frames: np.ndarray | None  # (T, H, W, 3) uint8 face crops (RGB unless frames_bgr), or camera frames + face_box
     audio: np.ndarray | None  # mono samples (float in [-1, 1] or int16)
     audio_rate: int
     rr_ms: np.ndarray  # RR intervals (ms), each stamped at the beat that closes it
@@ -34,6 +34,10 @@ class RawWindow:
     spo2_pct: np.ndarray
     spo2_times_s: np.ndarray
     presence: dict[str, bool]  # video / audio / vitals usable (fresh, good quality)
+    # Where the face is in ``frames`` (x, y, w, h), when they are whole camera frames rather than crops: the
+    # crop is then cut before any pixel is converted or resized. None: the frames are the face crops.
+    face_box: tuple[int, int, int, int] | None = None
+    frames_bgr: bool = False  # OpenCV's channel order; swapped during normalisation, on crop-sized pixels
 
 
 def model_inputs(window: RawWindow, cfg: ModelConfig) -> dict[str, np.ndarray]:
@@ -45,7 +49,7 @@ def model_inputs(window: RawWindow, cfg: ModelConfig) -> dict[str, np.ndarray]:
     v, a = cfg.video, cfg.audio
     presence = dict(window.presence)
     if window.frames is not None and len(window.frames):
-        clip = preprocess_clip(window.frames, v).numpy()
+        clip = clip_array(window.frames, v, box=window.face_box, bgr=window.frames_bgr)
     else:
         clip = np.zeros((3, v.frames, v.crop_size, v.crop_size), dtype=np.float32)
         presence["video"] = False
@@ -63,7 +67,7 @@ def model_inputs(window: RawWindow, cfg: ModelConfig) -> dict[str, np.ndarray]:
     if not series[1].any() and not series[3].any():
         presence["vitals"] = False
     return {
-        "clip": clip.astype(np.float32),
+        "clip": clip,
         "audio_patches": patches[0],
         "audio_pad_mask": pad_mask[0],
         "vitals_series": series,

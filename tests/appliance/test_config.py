@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import typing
 from pathlib import Path
 
 import pytest
@@ -280,3 +281,95 @@ def test_cli_check_prints_ok_or_one_line(tmp_path: Path, capsys: pytest.CaptureF
 def test_parse_config_without_file() -> None:
     with pytest.raises(ConfigError, match=r"<config>:2: device.id"):
         parse_config('[device]\nid = ""\n')
+
+
+# ------------------------------------------------------------------------------------- check refuses what run refuses
+def _holds_float(tp: object) -> bool:
+    return tp is float or any(_holds_float(a) for a in typing.get_args(tp))
+
+
+def float_keys() -> list[tuple[str, str, bool]]:
+    """(section, key, is_list) for every key of the spec that takes a number with a fraction: walked from the
+    dataclasses, so a key added later is covered without touching this test."""
+    found = []
+    for s in cfg.sections():
+        hints = typing.get_type_hints(s.default_factory)
+        for f in dataclasses.fields(s.default_factory):
+            if _holds_float(hints[f.name]):
+                found.append((s.name, f.name, typing.get_origin(hints[f.name]) is list))
+    return found
+
+
+def test_every_float_key_refuses_nan_and_infinity_in_check_and_run(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """``neopain config check`` and ``neopain run`` (their real entry points, in this process for speed; one
+    subprocess pair below) both exit 2 with one line naming the key, for NaN, inf and -inf in every float key."""
+    import appliance.daemon
+    from appliance.cli import main
+
+    class NeverStarted:  # if check let a value through, run must not start a daemon inside the test process
+        def __init__(self, config: Config) -> None:
+            raise AssertionError("config check accepted the value and run went on to start the daemon")
+
+    monkeypatch.setattr(appliance.daemon, "Daemon", NeverStarted)
+    keys = float_keys()
+    assert ("camera", "fps") in {(s, k) for s, k, _ in keys} and len(keys) >= 7
+    for section, key, is_list in keys:
+        for value in ("nan", "inf", "-inf"):
+            text = f"[{section}]\n{key} = {'[' + value + ']' if is_list else value}\n"
+            path = write(tmp_path, text, name=f"{section}-{key}-{value}.toml")
+            for command in (["config", "check"], ["run"]):
+                assert main([*command, "--config", str(path)]) == 2, (command, section, key, value)
+                captured = capsys.readouterr()
+                lines = captured.err.splitlines()
+                assert len(lines) == 1 and f"{path}:2: {section}.{key}: must be a finite number" in lines[0], \
+                    (command, lines)
+
+
+def test_nan_is_refused_by_the_installed_commands(tmp_path: Path) -> None:
+    import shutil
+    import subprocess
+    import sys
+
+    path = write(tmp_path, "[scoring]\ncadence_s = nan\n")
+    neopain = shutil.which("neopain", path=str(Path(sys.executable).parent)) or "neopain"
+    for command in (["config", "check"], ["run"]):
+        result = subprocess.run([neopain, *command, "--config", str(path)], capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.splitlines() == [f"{path}:2: scoring.cadence_s: must be a finite number, got nan"]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1", "fe80::1", "broker", "broker.local", "broker.local.",
+                                  "mqtt-1.nicu.example.org", "a" * 63 + ".local", "10.0.0.254", "1x.example"])
+def test_host_names_and_addresses_accepted(tmp_path: Path, host: str) -> None:
+    assert check_config(write(tmp_path, f'[mqtt]\nhost = "{host}"\n')).mqtt.host == host
+
+
+@pytest.mark.parametrize("host, why", [
+    ("broker..local", "empty label"),
+    ("a" * 64 + ".local", "label longer than 63 characters (64)"),
+    (".broker", "empty label"),
+    ("broker_1.local", "may only hold letters, digits and '-'"),
+    ("-broker.local", "may only hold letters, digits and '-'"),
+    ("broker.local-", "may only hold letters, digits and '-'"),
+    ("bröker.local", "may only hold letters, digits and '-'"),
+    ("10.0.0.256", "neither an IP address nor a host name"),
+    ("mqtt://broker", "may only hold letters, digits and '-'"),
+    (".".join(["abcdefghi"] * 26), "longer than 253 characters"),
+    ("", "empty name"),
+])
+def test_mistyped_hosts_are_refused_naming_the_problem(tmp_path: Path, host: str, why: str) -> None:
+    err = error_of(tmp_path, f'[mqtt]\nhost = "{host}"\n')
+    assert err.key == "mqtt.host" and why in err.message
+
+
+def test_a_10000_character_value_or_key_is_not_echoed_whole(tmp_path: Path) -> None:
+    for text, key in ((f'[device]\nid = "{"x" * 10000}"\n', "device.id"),
+                      (f'[camera]\nkind = "{"y" * 10000}"\n', "camera.kind"),
+                      (f'[mqtt]\nhost = "{"z" * 10000}"\n', "mqtt.host"),
+                      (f'[mqtt]\n{"k" * 10000} = 1\n', None)):
+        line = error_of(tmp_path, text).one_line()
+        assert len(line) < 700 and ("(10000 chars)" in line or "(10005 chars)" in line), line
+        if key:
+            assert f": {key}: " in line

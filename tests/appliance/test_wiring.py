@@ -11,6 +11,7 @@ from appliance import wiring
 from appliance.config import Config, default, parse_config
 from appliance.mqtt.publisher import PublisherConfig
 from appliance.scoring.pipeline import PipelineConfig
+from appliance.scoring.quality import QualityConfig
 from appliance.scoring.windows import WindowConfig
 from appliance.sources.camera import CameraConfig
 from appliance.sources.face import FaceConfig
@@ -50,6 +51,12 @@ def test_the_defaults_that_used_to_disagree_are_the_specs() -> None:
     assert CameraConfig(source=0).watchdog_s == spec.camera.reopen_after_s
     assert FaceConfig().crop_size == spec.camera.face_crop_size
     assert PipelineConfig().cadence_s == spec.scoring.cadence_s
+    w, q = WindowConfig(), QualityConfig()
+    assert (w.min_fill_video, w.min_audio_coverage, w.min_fill_vitals) == (
+        spec.scoring.min_fill_video, spec.scoring.min_fill_audio, spec.scoring.min_fill_vitals)
+    assert (q.min_face_px, q.min_face_contrast, q.min_face_detail) == (
+        spec.scoring.min_face_px, spec.scoring.min_face_contrast, spec.scoring.min_face_detail)
+    assert PipelineConfig().quality == q
 
 
 def test_every_scoring_and_source_key_reaches_its_stage(tmp_path: Path) -> None:
@@ -78,6 +85,12 @@ cadence_s = 1.5
 max_age_video_s = 0.7
 max_age_audio_s = 0.9
 max_age_vitals_s = 9.0
+min_fill_video = 0.6
+min_fill_audio = 0.7
+min_fill_vitals = 0.4
+min_face_px = 48
+min_face_contrast = 6.5
+min_face_detail = 3.5
 [mqtt]
 host = "broker.ward"
 port = 8883
@@ -85,6 +98,8 @@ keepalive_s = 45
 message_expiry_s = 20
 health_interval_s = 12.0
 publish_vitals = true
+qos = 2
+confirm_grace_s = 5.0
 [outbox]
 path = "{tmp_path / 'o.sqlite3'}"
 max_rows = 77
@@ -99,12 +114,16 @@ save_raw_media = true
     assert (s.monitor.port, s.monitor.protocol, s.monitor.baudrate) == ("/dev/ttyS3", "masimo", 115200)
     w = wiring.window_config(config)
     assert (w.video_max_age_s, w.audio_max_age_s, w.vitals_max_age_s, w.rr_max_age_s) == (0.7, 0.9, 9.0, 9.0)
+    assert (w.min_fill_video, w.min_audio_coverage, w.min_fill_vitals) == (0.6, 0.7, 0.4)
     p = wiring.pipeline_config(config)
     assert p.cadence_s == 1.5 and p.raw_media_dir == tmp_path / wiring.RAW_MEDIA_DIR_NAME
+    assert p.quality == wiring.quality_config(config) == QualityConfig(min_face_px=48, min_face_contrast=6.5,
+                                                                         min_face_detail=3.5)
     pub = wiring.publisher_config(config)
     assert (pub.host, pub.port, pub.keepalive_s, pub.score_expiry_s, pub.health_interval_s, pub.publish_vitals,
             pub.outbox_max_rows, pub.outbox_path) == ("broker.ward", 8883, 45, 20.0, 12.0, True, 77,
                                                       tmp_path / "o.sqlite3")
+    assert (pub.qos, pub.confirm_grace_s) == (2, 5.0)
 
 
 @pytest.mark.parametrize("section", ["camera", "microphone", "monitor"])

@@ -510,3 +510,49 @@ def build_wall_clock_shim(workdir: Path) -> Path | None:
     subprocess.run([cc, "-shared", "-fPIC", "-O2", "-o", str(lib), str(src), "-ldl"], check=True,
                    capture_output=True, timeout=60)
     return lib
+
+
+# ------------------------------------------------------------------------------------------------- state files
+PAGE_SIZE = 4096  # SQLite's default page size, which the outbox and the sessions store use
+
+
+def checkpoint(path: Path) -> None:
+    """Move the WAL into the main file from another connection (as SQLite's auto-checkpoint does), so bytes
+    written over the main file are what the daemon reads next."""
+    import sqlite3
+
+    db = sqlite3.connect(path, timeout=10)  # waits (busy handler) for the daemon's short write transactions
+    try:
+        busy, _, _ = db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        db.close()
+    if busy:
+        raise RuntimeError(f"checkpoint of {path} could not complete within 10 s")
+
+
+def pages_holding(path: Path, needle: bytes) -> list[int]:
+    """The page numbers (0-based) of ``path`` whose bytes contain ``needle``."""
+    data, found, at = path.read_bytes(), set(), 0
+    while needle and (at := data.find(needle, at)) >= 0:
+        found.add(at // PAGE_SIZE)
+        at += 1
+    return sorted(found)
+
+
+def overwrite_page(path: Path, page: int, seed: int = 0) -> bytes:
+    """4 KB of random bytes over one page of ``path`` (a torn write, a bad flash block); returns the old bytes."""
+    rng = random.Random(seed)
+    with open(path, "r+b") as fh:
+        fh.seek(page * PAGE_SIZE)
+        old = fh.read(PAGE_SIZE)
+        fh.seek(page * PAGE_SIZE)
+        fh.write(bytes(rng.randrange(256) for _ in range(PAGE_SIZE)))
+    return old
+
+
+def truncate_half(path: Path) -> int:
+    """Cut ``path`` to half its size (a file system that lost the tail); returns the new size."""
+    size = path.stat().st_size // 2
+    with open(path, "r+b") as fh:
+        fh.truncate(size)
+    return size

@@ -5,10 +5,11 @@ broker policy a hospital would run, not against an open test broker. The throwaw
 tests' ``make_pki`` (``openssl`` CLI: a CA, a server certificate for 127.0.0.1, a client certificate) and a
 second, unrelated CA stands for "a certificate the device must not trust".
 
-Users: ``station`` (the central station: reads every bed, is the only one allowed to write ``cmd`` topics),
-``bed-12`` and ``bed-13`` (each writes only its own score/status/health/vitals and reads only its own
-``cmd/#``). The fixture's plain listener shares the same global password file and ACL
-(``per_listener_settings false``), so even the plain port refuses anonymous clients.
+Users: ``station`` (the central station: reads every bed, is the only one allowed to write ``cmd`` topics and
+the delivery confirmations ``confirm/<station-id>``), ``bed-12`` and ``bed-13`` (each writes only its own
+score/status/health/vitals and reads only its own ``cmd/#`` and ``confirm/+``, so a bed can neither forge a
+confirmation for itself or another bed nor read another bed's). The fixture's plain listener shares the same
+global password file and ACL (``per_listener_settings false``), so even the plain port refuses anonymous clients.
 """
 from __future__ import annotations
 
@@ -38,12 +39,15 @@ def password(user: str) -> str:
 
 
 def acl_text(site: str = SITE, beds: tuple[str, ...] = BEDS) -> str:
-    """The broker ACL: the station reads all and writes commands; a bed writes its own leaves, reads its cmd."""
-    lines = ["user station", "topic read neopain/#", "topic write neopain/+/+/cmd/#", ""]
+    """The broker ACL: the station reads all and writes commands and confirmations; a bed writes its own leaves,
+    reads its cmd and its confirmations. (A site may tie each station's id to its user instead:
+    ``pattern write neopain/+/+/confirm/%u``.)"""
+    lines = ["user station", "topic read neopain/#", "topic write neopain/+/+/cmd/#",
+             "topic write neopain/+/+/confirm/+", ""]
     for bed in beds:
         lines.append(f"user {bed}")
         lines += [f"topic write neopain/{site}/{bed}/{leaf}" for leaf in BED_LEAVES]
-        lines += [f"topic read neopain/{site}/{bed}/cmd/#", ""]
+        lines += [f"topic read neopain/{site}/{bed}/cmd/#", f"topic read neopain/{site}/{bed}/confirm/+", ""]
     return "\n".join(lines)
 
 

@@ -550,3 +550,231 @@ def test_outbox_ages_rows_by_the_monotonic_clock_within_a_boot(tmp_path: Path) -
         ob.put("t", b"new", message_id="new", expiry_s=60)
         assert [e.message_id for e in ob.pending()] == ["legacy", "new"]
         assert [e.message_id for e in ob.pending(now_wall_ns=time.time_ns() + 120 * S)] == ["new"]
+
+
+# ------------------------------------------------------------------------------------------------- state, host, instance
+def _publish_once(port: int, topic: str, payload: bytes) -> None:
+    """One QoS 1 message from a throwaway client straight to the broker."""
+    import paho.mqtt.client as mqtt
+
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    try:
+        c.publish(topic, payload, qos=1).wait_for_publish(5)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+
+
+_HEALED = re.compile(r"outbox (\S+) was damaged \((.*?)\): moved aside to (\S+); (\d+) row\(s\) salvaged"
+                     r".*?sequence continues at (\d+)")
+
+
+def test_state_files_heal_host_names_one_instance_and_bounded_topics(rig: Rig, model_dir: Path, record_result,
+                                                                      tmp_path: Path) -> None:
+    """Two daemons in all. The first runs with a broker host that does not resolve (scores wait in its outbox;
+    STATUS= says why) while a second `neopain run` on its state directory is refused. Between the runs the
+    outbox is cut to half and the calibration sessions DB gets 4 KB of random bytes. The second heals both at
+    start and delivers what was salvaged, logs a 60 kB command topic bounded, and heals 4 KB of random bytes
+    written over queued scores in its live outbox. A mistyped host is refused by check and run alike."""
+    import sqlite3
+
+    from daemon_harness import ROOT
+    from fault_tools import PAGE_SIZE, checkpoint, overwrite_page, pages_holding, truncate_half
+
+    outbox = rig.bed.workdir / "outbox.sqlite3"
+    sessions = rig.bed.workdir / "calibration-sessions.sqlite"
+
+    # -- a mistyped host: `config check` and `run` refuse it alike -------------------------------------
+    bad = tmp_path / "bad-host.toml"
+    bad.write_text('[mqtt]\nhost = "broker..local"\n')
+    bad.chmod(0o644)
+    refusals = [subprocess.run([sys.executable, "-m", *module, "--config", str(bad)], cwd=ROOT, capture_output=True,
+                               text=True, timeout=60) for module in (["appliance.cli", "config", "check"],
+                                                                     ["appliance.daemon"])]
+    refused = all(r.returncode == 2 and len(r.stderr.splitlines()) == 1 and "mqtt.host: host name 'broker..local'"
+                  in r.stderr for r in refusals)
+
+    # -- a valid name that does not resolve: the daemon scores on and says why it is not connected -------------
+    rig.write_config(model_dir, mqtt={"host": "broker.invalid"}, scoring={"cadence_s": 0.25})
+    d1 = rig.start_daemon()
+    rig.wait_produced(36, 60)  # a backlog that fills pages beyond the half of the file
+    says_why = wait_until(lambda: any("mqtt failed (cannot connect to broker.invalid" in s
+                                      for s in rig.notify.assignments("STATUS")), 20)
+    retried = wait_until(lambda: rig.log_count(r"mqtt: cannot connect to broker\.invalid") >= 3, 20)
+
+    # -- a second `neopain run` on the same state directory ----------------------------------------------
+    second = subprocess.run([sys.executable, "-m", "appliance.daemon", "--config", str(rig.config)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60, env={**os.environ, **rig.env})
+    second_lines = second.stderr.splitlines()
+    one_instance = (second.returncode == 2 and len(second_lines) == 1 and f"PID {d1.proc.pid}" in second_lines[0]
+                    and str(rig.bed.workdir / "neopain.lock") in second_lines[0] and rig.alive())
+    record_result(SECTION, "second `neopain run` on the same state directory",
+                  "refused at once: exit 2 with one line naming the PID that holds the lock (flock on "
+                  "<state>/neopain.lock, released by the kernel even on a crash); the first daemon goes on",
+                  f"exit {second.returncode}: {second_lines[0] if second_lines else '(nothing)'}; first daemon "
+                  f"{'still scoring' if rig.alive() else 'DIED'}", one_instance)
+    assert one_instance, second.stderr
+
+    assert d1.terminate() == 0
+    host_ok = bool(refused and says_why and retried)
+    status = next((s for s in rig.notify.assignments("STATUS") if "broker.invalid" in s), "")
+    record_result(SECTION, "broker host mistyped (broker..local) or not resolvable (broker.invalid)",
+                  "a name that is not RFC 1123 is refused by `config check` and `run` alike (exit 2, one line "
+                  "naming mqtt.host); a valid name that does not resolve: the daemon scores into its outbox, "
+                  "STATUS= and the journal say why it is not connected, the network loop keeps retrying",
+                  f"check and run refused broker..local: {refused}; with broker.invalid {len(d1.produced())} "
+                  f"scores queued, {rig.log_count(r'mqtt: cannot connect to broker.invalid')} connection attempts "
+                  f"logged, STATUS= '{status[status.find('mqtt'):][:110]}…'", host_ok)
+    assert host_ok, (refusals, d1.text()[-3000:])
+
+    # -- between the runs: the outbox cut to half, 4 KB of random bytes in the sessions DB -------------------
+    made = sorted(d1.produced())
+    assert not outbox.with_name(outbox.name + "-wal").exists(), "a clean stop checkpoints the WAL"
+    truncate_half(outbox)
+    overwrite_page(sessions, sessions.stat().st_size // PAGE_SIZE // 2, seed=3)
+
+    rig.write_config(model_dir)  # the right host (through the proxy)
+    d2 = rig.start_daemon()
+    found = _HEALED.search(d2.text())
+    assert found, d2.text()[-3000:]
+    salvaged, continues = int(found.group(4)), int(found.group(5))
+    aside = rig.bed.workdir / found.group(3)
+    sessions_line = re.search(r"calibration sessions \S+ was damaged \(.*?\): moved aside to (\S+);", d2.text())
+    named = rig.wait_health(lambda h: h["state"] == "degraded" and f"outbox {outbox} damaged" in (h.get("detail") or "")
+                            and f"calibration sessions {sessions} damaged" in (h.get("detail") or ""), 30)
+    d1_ids = {i for _, i in made}
+    wait_until(lambda: len(d1_ids & rig.delivered()) >= salvaged, 30)
+    from_d1 = d1_ids & rig.delivered()
+    oldest = {i for _, i in made[:salvaged // 2]}  # their pages lie well inside the first half of the file
+    rig.wait_more(1, 30)
+    first_new = min(s for s, _ in d2.produced())
+    ok = bool(found and aside.exists() and salvaged >= 4 and len(from_d1) == salvaged and oldest <= from_d1
+              and named and continues == made[-1][0] + 1 and first_new == continues and rig.alive())
+    record_result(SECTION, "outbox cut to half between two runs (queued scores in it)",
+                  "at start the file is moved aside (<name>.corrupt-<UTC>), never deleted; the rows SQLite can "
+                  "still read are salvaged into a fresh file in their order and delivered; sequence numbers go on "
+                  "above the highest issued; health degraded naming the file, the journal names both files; the "
+                  "daemon scores on (it used to exit 1 at start into a crash loop)",
+                  f"{len(made)} queued; {salvaged} salvaged and delivered ({len(made) - salvaged} were in the cut-off "
+                  f"half: their bytes are gone); moved aside as {aside.name}; next sequence {first_new} after "
+                  f"{made[-1][0]}; health {'names the file' if named else 'SILENT'}", ok,
+                  produced=salvaged, delivered=len(from_d1), lost=salvaged - len(from_d1))
+    assert ok, (salvaged, len(from_d1), sorted(oldest - from_d1), d2.text()[-3000:])
+
+    sessions_ok = bool(sessions_line and (rig.bed.workdir / sessions_line.group(1)).exists() and named)
+    record_result(SECTION, "calibration sessions DB damaged (4 KB of random bytes) between two runs",
+                  "moved aside and salvaged at start; scoring goes on; health degraded naming the file (nurse "
+                  "ratings used to fail with a message naming no file while health said ok)",
+                  f"journal: {sessions_line.group(0)[:160] if sessions_line else 'SILENT'}…; health "
+                  f"{'names it' if named else 'does NOT name it'}", sessions_ok)
+    assert sessions_ok, d2.text()[-3000:]
+
+    # -- a 60 kB command topic -----------------------------------------------------------------------------
+    before = rig.log_count(r"ignored command on")
+    _publish_once(rig.broker.port, "neopain/rel/bed-1/cmd/" + "x" * 60000, b"{}")
+    assert wait_until(lambda: rig.log_count(r"ignored command on") > before, 20), d2.text()[-2000:]
+    line = [ln for ln in d2.text().splitlines() if "ignored command on" in ln][-1]
+    bounded = len(line) < 1000 and "(60000 chars)" in line and rig.alive()
+    record_result(SECTION, "60 kB MQTT command topic",
+                  "ignored and counted; the log line cuts topic and name, stating their length (it used to write "
+                  "the whole topic: 60 kB per message)",
+                  f"one log line of {len(line)} characters; topic and command name cut, with their lengths: "
+                  f"{', '.join(re.findall(r'[(][0-9]+ chars[)]', line))}", bounded)
+    assert bounded, line[:2000]
+
+    # -- 4 KB of random bytes over queued scores in the live outbox ------------------------------------------
+    start = len(rig.produced())
+    lost_before = rig.log_count(r"mqtt: connection lost")
+    rig.proxy.set_mode("refuse")
+    assert wait_until(lambda: rig.log_count(r"mqtt: connection lost") > lost_before, 20), d2.text()[-2000:]
+    rig.wait_more(7, 30)
+    backlog = [i for i in _phase(rig, start) if i not in rig.delivered()]
+    checkpoint(outbox)
+    db = sqlite3.connect(f"file:{outbox}?mode=ro", uri=True)
+    root = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'outbox'").fetchone()[0] - 1
+    db.close()
+    page = next(p for i in backlog[2:-3] for p in pages_holding(outbox, i.encode()) if p != root)
+    on_page = [i for i in backlog if page in pages_holding(outbox, i.encode())]
+    heals = rig.log_count(r"outbox \S+ was damaged")
+    overwrite_page(outbox, page, seed=7)
+    healed_live = wait_until(lambda: rig.log_count(r"outbox \S+ was damaged") > heals, 20)
+    h0 = len(rig.health())
+    rig.proxy.set_mode("forward")
+    said = rig.wait_health(lambda h: h["state"] == "degraded" and "(damaged 2 times since start)" in
+                           (h.get("detail") or ""), 30, since=h0)
+    rig.wait_more(1, 30)
+    ids = _phase(rig, start)
+    readable = [i for i in ids if i not in on_page]
+    missing = rig.wait_delivered(readable, 40)
+    seqs = [s for s, _ in d2.produced()]
+    ok = bool(healed_live and said and not missing and on_page and rig.alive() and seqs == sorted(set(seqs)))
+    record_result(SECTION, "4 KB of random bytes over queued scores in the live outbox",
+                  "the next write meets the damage: the file is moved aside and salvaged at once, the score is "
+                  "stored in the fresh file (none made meanwhile is lost), health degraded naming the file, "
+                  "journal says so; sequence numbers never repeat (it used to fail every cycle, then exit 1)",
+                  f"{len(backlog)} queued; the page held {len(on_page)} of them (gone with its bytes); healed in "
+                  f"the same process: {healed_live}; every other score delivered ({len(readable)}); health "
+                  f"{'names the file' if said else 'SILENT'}", ok,
+                  produced=len(readable), delivered=len(readable) - len(missing), lost=len(missing))
+    assert ok, (healed_live, bool(said), missing, on_page, d2.text()[-3000:])
+    assert d2.terminate() == 0
+
+
+# ------------------------------------------------------------------------------------------------- meaningless video
+def test_meaningless_video_is_never_scored(rig: Rig, model_dir: Path, record_result, tmp_path: Path) -> None:
+    """A 1x1-pixel camera stream (upscaled by the camera to 112x112, as a configured width/height does), a flat
+    grey one, and the bed's own infant at 24x24 pixels (upscaled alike: the face detector still finds that face,
+    so only the quality gate's ``min_face_px`` stands between it and a score), each through the daemon's real
+    camera path: the daemon goes on scoring with the other modalities, no score uses video, every score's flags
+    say why and health says it scores without video."""
+    import cv2
+    import numpy as np
+
+    def video(name: str, frames: list, fourcc: str = "MJPG") -> Path:
+        path = tmp_path / name
+        h, w = frames[0].shape[:2]
+        vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), 30.0, (w, h))
+        assert vw.isOpened(), (name, fourcc)
+        for f in frames:
+            vw.write(f)
+        vw.release()
+        return path
+
+    bed_video = cv2.VideoCapture(rig.bed.camera_source)
+    small = []
+    while len(small) < 60 and (got := bed_video.read())[0]:
+        small.append(cv2.resize(got[1], (24, 24), interpolation=cv2.INTER_AREA))
+    bed_video.release()
+    cases = [("1x1-pixel camera stream (upscaled to 112x112 by the camera)", None,
+              video("one-pixel.avi", [np.full((1, 1, 3), 80 + i, np.uint8) for i in range(30)])),
+             ("flat camera stream (uniform grey 112x112)", None,
+              video("flat.avi", [np.full((112, 112, 3), 128, np.uint8)] * 30)),
+             ("the infant's face at 24x24 camera pixels (upscaled to 112x112; the detector still finds it)",
+              "video_face_too_small", video("tiny-face.avi", small, "FFV1"))]  # lossless: JPEG blurs 24 px away
+    for name, must_flag, path in cases:
+        rig.write_config(model_dir, camera={"source": str(path), "kind": "file", "fps": 30.0, "width": 112,
+                                            "height": 112})
+        start, h0 = len(rig.produced()), len(rig.health())
+        d = rig.start_daemon()
+        rig.wait_more(4, 60)
+        ids = _phase(rig, start)
+        missing = rig.wait_delivered(ids, 30)
+        health = rig.wait_health(lambda h: h["state"] == "degraded" and "video" in (h.get("detail") or ""), 20,
+                                 since=h0)
+        assert d.terminate() == 0
+        scores = [s for s in rig.scores() if s["message_id"] in set(ids)]
+        with_video = [s for s in scores if s["modalities"]["video"]["used"]]
+        flags = sorted({f for s in scores for f in s["quality_flags"] if f.startswith("video_")})
+        explained = all(any(f.startswith("video_") for f in s["quality_flags"]) for s in scores)
+        ok = bool(scores and not with_video and explained and health and not missing
+                  and (must_flag is None or must_flag in flags))
+        record_result(SECTION, name,
+                      "no score uses video (the face detector finds no face, or the quality gate refuses the crop: "
+                      "face below scoring.min_face_px camera pixels, or flat); scoring goes on with audio/vitals; "
+                      "each score's quality_flags and the health detail say why",
+                      f"{len(scores)} scores, {len(with_video)} with video; video flags {', '.join(flags) or 'NONE'}; "
+                      f"health {'degraded, scoring without video' if health else 'SILENT'}", ok,
+                      produced=len(ids), delivered=len(ids) - len(missing), lost=len(missing))
+        assert ok, (name, len(scores), len(with_video), flags, bool(health), missing, d.text()[-3000:])

@@ -5,7 +5,12 @@ A line is a date, a time and ``KEY=value`` tokens whose set varies with model an
     02/22/16 22:47:45 SN=0000056661 SPO2=098% BPM=097 PI=03.60% SPCO=--.-% ... ALARM=0000 EXC=000800
 
 Values made only of dashes (``--``, ``---``, ``--.-``) mean "not available". ``EXC`` (exceptions) and
-``ALARM`` are hex bit fields, decoded here into quality flags.
+``ALARM`` are hex bit fields, decoded here into flags by name; bits this module does not know become
+``exc_unknown_bits`` / ``alarm_unknown_bits`` so a new firmware's bit is visible rather than dropped.
+``ALARM`` bits 0x01-0x08 are the limit alarms; 0x10 (an alarm is active), 0x20 (alarms silenced) and 0x40
+(low battery) are device states that MD PnP's Radical-5/7 driver (``poxrad_discrete.h``) documents; a
+Radical-5 prints the short form ``ALARM=20 EXC=800``. Alarm flags never invalidate a value: the reading is
+still the oximeter's, only the device's state is reported with it.
 
 Plausibility limits (neonatal; outside them the whole line is rejected, because a value the device
 cannot produce means the line is corrupt, not that the baby is extreme):
@@ -46,6 +51,9 @@ ALARM_BITS: dict[int, str] = {
     0x2: "alarm_spo2_low",
     0x4: "alarm_pr_high",
     0x8: "alarm_pr_low",
+    0x10: "alarm_active",
+    0x20: "alarm_silenced",
+    0x40: "low_battery",
 }
 # Flags after which the oximeter has no valid reading at all.
 INVALIDATING = frozenset(

@@ -6,13 +6,17 @@ sink callback. Bytes that cannot be used are counted by reason, never raised.
 
 When the port goes away (pyserial raises SerialException after the other end of a pty closes, or an
 OSError such as EIO on a USB adapter) the reader reports ``connected=False``, waits with exponential
-backoff and reopens; an IntelliVue is re-associated from scratch on every reopen.
+backoff and reopens; an IntelliVue is re-associated from scratch on every reopen. Any other exception
+(a bug, a library surprise) ends the session too: the thread is supervised
+(:mod:`appliance.sources.supervise`), logged, restarted with the same backoff and counted in
+``MonitorHealth.thread_restarts``.
 
 Auto-detection: a Masimo talks unprompted (a line a second), an IntelliVue says nothing until
 associated. So ``auto`` listens for ``detect_s``: an ASCII line with ``KEY=value`` tokens means Masimo,
 a 0xC0 frame start means IntelliVue; silence means "try IntelliVue" (send the association request,
 which a Masimo ignores) and, if nothing answers either, listen again. Both run at the configured baud
-rate; the reader does not hunt across baud rates.
+rate; the reader does not hunt across baud rates. The Masimo line that settled the question is parsed and
+delivered like every later one, stamped when it arrived.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import time
 from collections.abc import Callable
 
 import serial
+
+from appliance.sources.supervise import SupervisedThread
 
 from . import masimo
 from .intellivue import IntelliVueClient
@@ -75,7 +81,7 @@ class MonitorReader:
         self._health = MonitorHealth()
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._thread: SupervisedThread | None = None
         self._serial: serial.Serial | None = None
         self._rpeaks: StreamingRPeakDetector | None = None
         self._reject_logged_at: float | None = None
@@ -84,9 +90,18 @@ class MonitorReader:
     # --- public ------------------------------------------------------------------------------
     def start(self) -> MonitorReader:
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"monitor-{self.port}", daemon=True)
-        self._thread.start()
+        self._thread = SupervisedThread(f"monitor-{self.port}", self._run, keep_running=lambda: not self._stop.is_set(),
+                                        wait=self._stop.wait, backoff_s=self.backoff_s,
+                                        on_crash=self._crashed).start()
         return self
+
+    def _crashed(self, exc: BaseException) -> None:
+        """The reader thread died (the supervisor logged it and restarts it): count it, say why."""
+        with self._lock:
+            self._health.thread_restarts += 1
+            self._health.connected = False
+            self._health.associated = False
+            self._health.last_error = f"driver thread died: {type(exc).__name__}: {exc}"
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the thread and close the port; returns once the thread has ended."""
@@ -154,14 +169,14 @@ class MonitorReader:
 
     def _session(self) -> bool:
         """Run one connection; returns whether any data came through. Raises to request a reopen."""
-        protocol, pending, requested = self.protocol, b"", False
+        protocol, pending, requested, pending_t = self.protocol, b"", False, now_ns()
         if protocol == "auto":
-            protocol, pending, requested = self._detect()
+            protocol, pending, requested, pending_t = self._detect()
             if protocol is None:
                 return False
         self._set(protocol=protocol)
         if protocol == "masimo":
-            return self._masimo(pending)
+            return self._masimo(pending, pending_t)
         return self._intellivue(pending, requested)
 
     def _read(self) -> bytes:
@@ -192,19 +207,26 @@ class MonitorReader:
         except Exception:  # a faulty consumer must not stop acquisition
             log.exception("monitor sink failed")
 
-    def _detect(self) -> tuple[str | None, bytes, bool]:
-        """Listen, then prod (see the module docstring). -> (protocol, bytes to replay, AARQ sent)."""
-        seen = b""
+    def _detect(self) -> tuple[str | None, bytes, bool, int]:
+        """Listen, then prod (see the module docstring).
+
+        Returns (protocol, bytes to replay, AARQ sent, arrival stamp of those bytes). The bytes that made
+        the decision are handed on, not dropped: a Masimo line that identified the monitor is a reading
+        like any other (dropping it cost about a second of vitals per connect).
+        """
+        seen, seen_t = b"", now_ns()
         deadline = time.monotonic() + self.detect_s
         while not self._stop.is_set() and time.monotonic() < deadline:
-            seen = (seen + self._read())[-4096:]
+            chunk = self._read()
+            if chunk:
+                seen, seen_t = (seen + chunk)[-4096:], now_ns()
             if b"\xc0" in seen:
-                return "intellivue", b"", False  # frames from an earlier association: start over
-            for line in seen.split(b"\n")[:-1]:
-                if isinstance(masimo.parse_line(line), VitalSample):
-                    return "masimo", seen[seen.rindex(b"\n") + 1 :], False
+                return "intellivue", b"", False, seen_t  # frames from an earlier association: start over
+            start = _first_masimo_line(seen)
+            if start is not None:
+                return "masimo", seen[start:], False, seen_t
         if self._stop.is_set():
-            return None, b"", False
+            return None, b"", False, seen_t
         # silence (or noise): try the IntelliVue association request, which a Masimo ignores
         assert self._serial is not None
         for frame in IntelliVueClient().start():
@@ -212,19 +234,22 @@ class MonitorReader:
         seen = b""
         deadline = time.monotonic() + self.answer_timeout_s
         while not self._stop.is_set() and time.monotonic() < deadline:
-            seen = (seen + self._read())[-4096:]
-            if b"\xc0" in seen:
-                return "intellivue", seen[seen.index(b"\xc0") :], True  # the answer: keep it
-            if b"=" in seen and b"\n" in seen:
-                return "masimo", b"", False
-        self._reject(Rejection("no_protocol", f"nothing recognisable within {self.detect_s + self.answer_timeout_s:.1f} s"))
-        return None, b"", False
-
-    def _masimo(self, pending: bytes) -> bool:
-        buf, had_data = pending, False
-        while not self._stop.is_set():
             chunk = self._read()
-            t = now_ns()
+            if chunk:
+                seen, seen_t = (seen + chunk)[-4096:], now_ns()
+            if b"\xc0" in seen:
+                return "intellivue", seen[seen.index(b"\xc0") :], True, seen_t  # the answer: keep it
+            if b"=" in seen and b"\n" in seen:  # KEY=value lines, even unusable ones: the parser counts them
+                start = _first_masimo_line(seen)
+                return "masimo", seen if start is None else seen[start:], False, seen_t
+        self._reject(Rejection("no_protocol", f"nothing recognisable within {self.detect_s + self.answer_timeout_s:.1f} s"))
+        return None, b"", False, seen_t
+
+    def _masimo(self, pending: bytes, pending_t: int) -> bool:
+        """Read Masimo lines; ``pending`` (bytes already received, stamped ``pending_t``) are parsed first."""
+        buf, had_data = b"", False
+        chunk, t = pending, pending_t
+        while not self._stop.is_set():
             buf += chunk
             *lines, buf = buf.split(b"\n")
             if len(buf) > masimo.MAX_LINE:
@@ -237,6 +262,8 @@ class MonitorReader:
                 else:
                     had_data = True
                     self._emit(result)
+            chunk = self._read()
+            t = now_ns()
         return had_data
 
     def _intellivue(self, pending: bytes, requested: bool = False) -> bool:
@@ -291,3 +318,13 @@ class MonitorReader:
         times, rr = self._rpeaks.feed(chunk.samples, chunk.t_mono_ns)
         if len(times):
             self._emit(RRIntervals(chunk.t_mono_ns, times, rr, chunk.source))
+
+
+def _first_masimo_line(seen: bytes) -> int | None:
+    """Offset of the first complete line in ``seen`` that parses as a Masimo reading, else None."""
+    offset = 0
+    for line in seen.split(b"\n")[:-1]:
+        if isinstance(masimo.parse_line(line), VitalSample):
+            return offset
+        offset += len(line) + 1
+    return None

@@ -108,3 +108,4 @@ class MonitorHealth:
     disconnects: int = 0
     last_error: str = ""
     rejects: dict[str, int] = field(default_factory=dict)
+    thread_restarts: int = 0  # the reader thread died of an exception and was started again

@@ -135,7 +135,7 @@ while sum(map(len, raw)) < raw_n:
     raw.append(np.frombuffer(data, "<i2")[:n].copy())
 pcm.close()
 got = []
-mic = Microphone(MicrophoneConfig(device=device, period_size=800, pace_realtime=True), got.append)
+mic = Microphone(MicrophoneConfig(device=device, period_size=1024, pace_realtime=True), got.append)
 t0 = time.monotonic()
 mic.start()
 ok = wait_until(lambda: sum(len(p.samples) for p in list(got)) >= mic_n, 10.0)
@@ -147,20 +147,24 @@ print(json.dumps(dict(ok=ok, elapsed=elapsed, consumed=int(sum(map(len, raw)))))
 
 
 def test_alsa_capture_through_the_bed_config_loops_the_pcm(cohort: Path, tmp_path: Path) -> None:
+    """Deterministic however loaded the machine is: the unpaced reader reads more than the pipe holds, so
+    it must wait for the feeder, and the feeder's whole-block writes mean waiting is all it can do (never a
+    partial period, which the file plugin would complete with stale bytes and shift the stream)."""
     with SimulatedBed(cohort, workdir=tmp_path / "bed") as bed:
         pcm = bed.recording.pcm
         raw_n, mic_n = int(pcm.size * 1.25), 8000
+        assert raw_n * 2 > bed._feeder.capacity  # past what the pipe held when the reader opened it
         out = tmp_path / "cap.npz"
         report = _alsa_child(bed, CAPTURE, bed.alsa_device, str(out), str(raw_n), str(mic_n))
     data = np.load(out)
     # an unpaced reader gets the loop, sample for sample, and round again (no zeros at the end of the file)
     np.testing.assert_array_equal(data["raw"], np.tile(pcm, 2)[:raw_n])
-    # the appliance's Microphone, paced in real time, continues the same stream
+    # the appliance's Microphone (default 1024-frame periods), paced in real time, continues the same stream
     mic, ring = data["mic"], np.tile(pcm, 3)
     assert report["ok"] and mic.size == mic_n
     start = report["consumed"] % pcm.size  # whole periods were read, a little past raw_n
     np.testing.assert_array_equal(mic, ring[start:start + mic_n])
-    assert 0.45 <= report["elapsed"] < 3.0  # half a second of audio took about half a second
+    assert report["elapsed"] >= 0.45  # paced: half a second of audio cannot arrive sooner
 
 
 RAW_ONCE = r'''
@@ -214,14 +218,18 @@ def test_camera_plays_the_bed_video_paced_and_looping(cohort: Path, rec: dict, t
 # ------------------------------------------------------------------------------------------------ monitor
 
 
-def _check_numerics(rec: dict, bed: SimulatedBed, samples: list[VitalSample], hr_of) -> set:
-    """Each reading must equal the recording's value at a bed time shortly before its arrival."""
+def _check_numerics(rec: dict, sent: list, samples: list[VitalSample], hr_of) -> set:
+    """Each reading is the recording's value at the bed time the emulator sent it, with no timing in the check
+    (a loaded machine delays lines, it must not fail the test): what was read is a contiguous run of what the
+    emulator sent, and each sent line's values equal the recording's, recomputed here, at its bed time."""
+    got = [(hr_of(s), s.spo2) for s in samples]
+    sent_values = [(v.hr, v.spo2) for _, v in sent]
+    offsets = [k for k in range(len(sent) - len(got) + 1) if sent_values[k:k + len(got)] == got]
+    assert got and offsets, (got, sent_values)
     seen = set()
-    for s in samples:
-        t = bed.bed_time(s.t_mono_ns)
-        window = {expected_numerics(rec, u) for u in np.linspace(t - 2.5, t + 0.05, 60)}
-        assert (hr_of(s), s.spo2) in window, (t, hr_of(s), s.spo2, window)
-        seen.add((hr_of(s), s.spo2))
+    for (t, _), value in zip(sent[offsets[0]:], got):
+        assert value in {expected_numerics(rec, u) for u in (t - 1e-3, t, t + 1e-3)}, (t, value)
+        seen.add(value)
     return seen
 
 
@@ -235,9 +243,11 @@ def test_masimo_monitor_reads_the_recordings_values(cohort: Path, rec: dict, tmp
             assert wait_for(lambda: sink.of(VitalSample) and bed.bed_time(sink.of(VitalSample)[-1].t_mono_ns)
                             > rec["loop_s"] + 4, timeout=15)
             health = reader.health()
+        sent = list(bed.emulator.sent_vitals)
     samples = sink.of(VitalSample)
     assert health.protocol == "masimo" and not health.rejects
-    seen = _check_numerics(rec, bed, samples, lambda s: s.pulse_rate)
+    assert max(t for t, _ in sent) > rec["loop_s"]  # past the end of the loop and round again
+    seen = _check_numerics(rec, sent, samples, lambda s: s.pulse_rate)
     assert len({hr for hr, _ in seen if hr is not None}) >= 3  # the values follow the recording over time
     assert sum(s.spo2 is not None for s in samples) > len(samples) // 2
 
@@ -251,9 +261,10 @@ def test_intellivue_monitor_reads_values_and_the_recordings_ecg(cohort: Path, re
                             timeout=15)
             assert wait_for(lambda: len(sink.of(VitalSample)) >= 8)
             health = reader.health()
+        sent = list(bed.emulator.sent_vitals)
     assert health.associated or health.samples > 0
     samples = sink.of(VitalSample)
-    _check_numerics(rec, bed, samples, lambda s: s.hr)
+    _check_numerics(rec, sent, samples, lambda s: s.hr)
     assert all(s.pulse_rate == s.hr for s in samples)
     waves = sink.of(WaveChunk)
     assert waves and all(w.label == "ECG_II" and w.fs_hz == 250.0 for w in waves)

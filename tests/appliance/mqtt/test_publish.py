@@ -1,6 +1,8 @@
 """The publisher against a real mosquitto broker: delivery, availability, outages, restarts, auth, TLS."""
 from __future__ import annotations
 
+import json
+import logging
 import os
 import signal
 import sqlite3
@@ -352,6 +354,7 @@ def test_tls_with_client_certificate(broker_factory, subscriber_factory, unused_
         ({"password_file": Path("/x")}, "mqtt.password_file"),
         ({"tls_cert": Path("/c.crt")}, "mqtt.tls_cert"),
         ({"inflight_window": 0}, "mqtt.inflight_window"),
+        ({"qos": 0}, "mqtt.qos"),
     ],
 )
 def test_config_refuses_bad_fields(tmp_path: Path, over: dict[str, Any], field: str) -> None:
@@ -366,3 +369,47 @@ def test_refused_score_is_not_queued(tmp_path: Path) -> None:
     first = pub.publish_score(**score_fields(1))
     assert pub.outbox.depth() == 1 and first["sequence"] == 0
     pub.stop()
+
+
+def test_qos_2_scores_arrive_as_qos_2_and_leave_the_outbox_on_pubcomp(broker, tmp_path: Path) -> None:
+    """``[mqtt] qos = 2``: a QoS 2 subscriber gets every score at QoS 2 (the broker delivers min(publish,
+    subscribe) QoS, so 2 proves the device published at 2); the outbox row goes only after PUBCOMP."""
+    import paho.mqtt.client as mqtt
+
+    got: list[tuple[str, int]] = []
+    subscribed = threading.Event()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    sub.on_connect = lambda c, *_: c.subscribe(SCORE_TOPIC, qos=2)
+    sub.on_subscribe = lambda *_: subscribed.set()
+    sub.on_message = lambda c, u, msg: got.append((json.loads(msg.payload)["message_id"], msg.qos))
+    sub.connect("127.0.0.1", broker.port)
+    sub.loop_start()
+    try:
+        assert subscribed.wait(5)
+        pub = Publisher(config(tmp_path, broker.port, qos=2))
+        pub.start()
+        assert pub.wait_for(connected, 5), pub.last_error
+        sent = [pub.publish_score(**score_fields(i))["message_id"] for i in range(5)]
+        assert pub.wait_for(lambda p: p.stats().scores_acked == 5, 10)
+        assert pub.outbox.depth() == 0, "released on PUBCOMP"
+        deadline = time.monotonic() + 5
+        while len(got) < 5 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [m for m, _ in got] == sent, "nothing lost, in order, once each"
+        assert {q for _, q in got} == {2}
+        pub.stop()
+    finally:
+        sub.disconnect()
+        sub.loop_stop()
+
+
+def test_a_60kB_command_topic_gives_a_bounded_log_line(broker, raw_publish, tmp_path: Path, caplog) -> None:
+    pub = Publisher(config(tmp_path, broker.port))
+    pub.start()
+    assert pub.wait_for(connected, 5)
+    with caplog.at_level(logging.WARNING, logger="appliance.mqtt.publisher"):
+        raw_publish(broker.port, f"{PREFIX}/cmd/" + "x" * 60000, b"{}")
+        assert pub.wait_for(lambda p: p.stats().commands_unknown == 1, 5)
+    pub.stop()
+    (line,) = [r.getMessage() for r in caplog.records if "ignored command" in r.getMessage()]
+    assert len(line) < 700 and "(60000 chars)" in line and f"({len(PREFIX) + 5 + 60000} chars)" in line

@@ -149,3 +149,57 @@ def test_config_errors() -> None:
         WindowConfig(vitals_max_age_s=0)
     with pytest.raises(ValueError, match="frame_fps"):
         WindowConfig(frame_fps=0)
+
+
+# ---------------------------------------------------------------------------------------------- fill
+def test_a_window_filled_below_its_minimum_is_not_usable_and_says_why() -> None:
+    """The daemon's first score once came from 0.16 s of vitals: a window must be filled to ``min_fill_*``."""
+    b = ModalityBuffers()
+    t = T0 + 10 * S
+    b.vitals.append(VitalsSample(t - int(0.16 * S), hr_bpm=140.0, spo2_pct=97.0))  # one reading, 0.16 s old
+    b.vitals.append(VitalsSample(t, hr_bpm=141.0, spo2_pct=97.0))
+    fill_video(b, t, seconds=0.5)  # the camera opened half a second ago: 4 of 16 slots have a frame
+    fill_audio(b, (np.random.default_rng(1).normal(0, 0.05, SR) * 32767).astype(np.int16), t - S)  # 1 s of 3
+    w = WindowBuilder(b).build(t)
+    for name, fill in [("video", 4 / 16), ("audio", 1 / 3), ("vitals", 0.16 / 30)]:
+        m = getattr(w, name)
+        assert m.status.present and not m.status.quality_ok and not m.status.usable, name
+        assert m.status.problem == "underfilled" and m.status.reason.startswith("underfilled"), m.status
+        assert m.fill == pytest.approx(fill, abs=0.01), (name, m.fill)
+    assert "fill 1% of the window (need 50%)" in w.vitals.status.reason
+    # the same sources a while later fill their windows: usable
+    fill_video(b, t + 2 * S, seconds=2.0)
+    fill_audio(b, (np.random.default_rng(2).normal(0, 0.05, 3 * SR) * 32767).astype(np.int16), t + 1)
+    for k in range(1, 17):
+        b.vitals.append(VitalsSample(t + k * S, hr_bpm=140.0, spo2_pct=97.0))
+    later = WindowBuilder(b).build(t + 16 * S - 1)
+    assert later.vitals.status.usable and later.vitals.fill == pytest.approx(16.16 / 30, abs=0.01)
+    w2 = WindowBuilder(b).build(t + 2 * S)
+    assert w2.video.status.usable and w2.video.fill == 1.0
+
+
+def test_vitals_fill_counts_time_covered_not_samples() -> None:
+    """A reading holds 2 s: a monitor that went silent for 19 s of the 30 leaves the window a third filled,
+    and readings without a value (sensor off) cover nothing."""
+    b = ModalityBuffers()
+    t = T0 + 60 * S
+    for s in range(31):
+        stamp = t - (30 - s) * S
+        if not 5 <= s < 25:  # silent from 25 s to 5 s before t
+            b.vitals.append(VitalsSample(stamp, hr_bpm=140.0, spo2_pct=97.0))
+    gappy = WindowBuilder(b).build(t)
+    assert gappy.vitals.fill == pytest.approx(10 / 30, abs=0.01)  # 29..24 s and 5..0 s before t
+    assert gappy.vitals.status.problem == "underfilled" and not gappy.vitals.status.usable
+    b2 = ModalityBuffers()
+    for s in range(31):
+        b2.vitals.append(VitalsSample(t - (30 - s) * S, hr_bpm=None if s % 3 else 140.0, spo2_pct=None,
+                                      valid=not s % 3))
+    assert WindowBuilder(b2).build(t).vitals.fill == pytest.approx(18 / 30, abs=0.01)  # 9 readings x 2 s
+    with pytest.raises(ValueError, match="min_fill_vitals"):
+        WindowConfig(min_fill_vitals=1.5)
+    # beats: how far back they reach
+    b3 = ModalityBuffers()
+    for k in range(12):
+        b3.rr.append(RRInterval(t - (11 - k) * S // 2, rr_ms=500.0))
+    rr = WindowBuilder(b3).build(t).rr
+    assert rr.fill == pytest.approx(6 / 30, abs=0.01) and rr.status.problem == "underfilled"

@@ -50,6 +50,7 @@ class Collector:
 def test_file_is_paced_at_its_fps_and_ends(tmp_path: Path) -> None:
     path = write_video(tmp_path / "v.avi", 10, 25.0)
     sink = Collector()
+    t_start = time.monotonic_ns()
     cam = Camera(CameraConfig(str(path)), sink).start()
     frames = sink.wait(10)
     deadline = time.monotonic() + 2
@@ -61,9 +62,12 @@ def test_file_is_paced_at_its_fps_and_ends(tmp_path: Path) -> None:
     assert [f.index for f in frames] == list(range(10))
     t = np.array([f.t_ns for f in frames])
     assert (np.diff(t) > 0).all()
-    assert 0.34 <= (t[-1] - t[0]) / 1e9 <= 0.6  # paced at 25 fps (0.36 s), not read at disk speed
+    # paced at 25 fps, not read at disk speed: frame k is never before k * 40 ms after the start (a busy machine
+    # can only make frames late, and pacing on due times lets a late frame be followed by a quick one)
+    assert ((t - t_start) / 1e9 >= 0.04 * np.arange(10) - 0.001).all()
+    assert np.median(np.diff(t)) / 1e9 == pytest.approx(0.04, abs=0.01)
     assert h.ended and not h.open and h.frames == 10 and h.reopen_count == 0
-    assert h.fps_measured == pytest.approx(25.0, rel=0.4)
+    assert h.fps_measured == pytest.approx(9 / ((t[-1] - t[0]) / 1e9))  # health's rate is the stamps' rate
     assert frames[0].image.shape == (120, 160, 3) and frames[0].image.dtype == np.uint8
 
 
@@ -81,7 +85,10 @@ def test_missing_file_is_retried_until_it_appears(tmp_path: Path) -> None:
     path = tmp_path / "late.avi"
     sink = Collector()
     cam = Camera(CameraConfig(str(path), reopen_backoff_s=0.05, reopen_backoff_max_s=0.1), sink).start()
-    time.sleep(0.3)
+    # wait for the retries themselves, not a fixed time (a busy machine may not have run the thread yet)
+    deadline = time.monotonic() + 10
+    while cam.health().open_failures < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     h0 = cam.health()
     write_video(tmp_path / "tmp.avi", 3, 100.0).rename(path)
     frames = sink.wait(3)
@@ -92,10 +99,11 @@ def test_missing_file_is_retried_until_it_appears(tmp_path: Path) -> None:
 
 
 def test_watchdog_reopens_after_silence(tmp_path: Path) -> None:
-    # A 2 fps file gives 0.5 s without frames; with a 0.2 s watchdog the source is reopened (the file restarts).
+    # Paced at 0.1 fps the file gives 10 s without frames; with a 0.2 s watchdog the source is reopened (the
+    # file restarts) long before a second frame could be due, however slowly a busy machine runs the threads.
     path = write_video(tmp_path / "slow.avi", 4, 2.0)
     sink = Collector()
-    cam = Camera(CameraConfig(str(path), watchdog_s=0.2), sink).start()
+    cam = Camera(CameraConfig(str(path), fps=0.1, watchdog_s=0.2), sink).start()
     frames = sink.wait(3, timeout_s=5)
     h = cam.health()
     cam.stop()

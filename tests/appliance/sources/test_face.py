@@ -1,19 +1,23 @@
-"""Face tracker through the real Haar cascade: honest 'no face' on faceless images, a drawn face is found,
-tracked and dropped, and the fixed-ROI mode cuts exactly its region."""
+"""Face tracker through real detectors: honest 'no face' on faceless images, a face is found, tracked, kept
+through a few missed detections and then dropped; the fixed-ROI mode crops exactly its region while the
+detector finds a face inside it, and a region beyond the frame is refused naming the key and the frame size."""
 from __future__ import annotations
+
+import logging
 
 import cv2
 import numpy as np
 import pytest
 
 from appliance.sources.camera import Frame
-from appliance.sources.face import FaceConfig, FaceTracker, crop_square, square_box
+from appliance.sources.face import FaceConfig, FaceTracker, crop_square, roi_error, square_box
 
 SKIN = (150, 180, 220)
 
 
 def drawn_face(cx: int = 320, cy: int = 240, s: float = 0.8, h: int = 480, w: int = 640) -> np.ndarray:
-    """A schematic face (skin ellipse, brows, eyes, nose, mouth, blurred) that the frontal cascade accepts."""
+    """A schematic face (skin ellipse, brows, eyes, nose, mouth, blurred) that the frontal Haar cascade accepts
+    (CenterFace does not: too schematic; see rendered_face for one both can be asked about)."""
     img = np.full((h, w, 3), 90, np.uint8)
     cv2.ellipse(img, (cx, cy), (int(80 * s), int(105 * s)), 0, 0, 360, SKIN, -1)
     for dx in (-1, 1):
@@ -24,6 +28,22 @@ def drawn_face(cx: int = 320, cy: int = 240, s: float = 0.8, h: int = 480, w: in
     cv2.ellipse(img, (cx, cy + int(20 * s)), (int(10 * s), int(18 * s)), 0, 0, 360, (120, 150, 190), -1)
     cv2.ellipse(img, (cx, cy + int(55 * s)), (int(30 * s), int(9 * s)), 0, 0, 360, (60, 60, 140), -1)
     return cv2.GaussianBlur(img, (0, 0), 3 * s)
+
+
+def rendered_face(side: int = 224, roll: float = 0.0, h: int = 240, w: int = 320, x0: int = 48) -> np.ndarray:
+    """The synthetic cohort's infant face (models/data/synth_video.py) rendered at ``side`` px, tilted by
+    ``roll`` degrees, placed at column ``x0`` of a ``w`` x ``h`` frame of the same cot background."""
+    from models.data.synth_video import SKIN_TONES, Expression, FaceLook, draw_background, draw_face
+
+    skin = SKIN_TONES["III-IV"]
+    face, mask = draw_face(side, skin, Expression(), look=FaceLook(skin, seed=1))
+    m = cv2.getRotationMatrix2D((side / 2, side / 2), roll, 1.0)
+    face, mask = cv2.warpAffine(face, m, (side, side)), cv2.warpAffine(mask, m, (side, side))
+    bg = cv2.resize(draw_background(side, np.random.default_rng(0)), (w, h))
+    alpha = mask.astype(np.float32)[..., None] / 255
+    y0 = (h - side) // 2
+    bg[y0:y0 + side, x0:x0 + side] = bg[y0:y0 + side, x0:x0 + side] * (1 - alpha) + face * alpha
+    return cv2.GaussianBlur(np.clip(bg, 0, 255).astype(np.uint8), (0, 0), side / 200)
 
 
 def faceless() -> list[np.ndarray]:
@@ -37,16 +57,28 @@ def frame(img: np.ndarray, i: int) -> Frame:
     return Frame(t_ns=1_000_000 * i, image=img, index=i)
 
 
-def test_no_face_is_reported_honestly() -> None:
-    tr = FaceTracker(FaceConfig(detect_every=1))
+@pytest.mark.parametrize("detector", ["centerface", "haar"])
+def test_no_face_is_reported_honestly(detector: str) -> None:
+    tr = FaceTracker(FaceConfig(detector=detector, detect_every=1))
+    assert tr.detector_name == detector and tr.detector_fallback is None
     for i, img in enumerate(faceless()):
         obs = tr.process(frame(img, i))
         assert obs.crop is None and obs.box is None and not obs.has_face
         assert obs.reason == "no face detected" and obs.t_ns == 1_000_000 * i
 
 
-def test_drawn_face_is_detected_and_cropped() -> None:
+def test_the_default_detector_finds_the_rendered_face_and_crops_it() -> None:
     tr = FaceTracker(FaceConfig(crop_size=112))
+    assert tr.detector_name == "centerface"
+    obs = tr.process(frame(rendered_face(x0=60), 0))
+    assert obs.detected and obs.reason == "detected"
+    x, y, w, h = obs.box  # the face's centre: x 60 + 112, y 8 + ~0.55 * 224
+    assert abs(x + w / 2 - 172) < 20 and abs(y + h / 2 - 133) < 25 and 90 < h < 180
+    assert obs.crop.shape == (112, 112, 3) and obs.crop.dtype == np.uint8
+
+
+def test_haar_finds_the_drawn_face_and_crops_it() -> None:
+    tr = FaceTracker(FaceConfig(detector="haar", crop_size=112))
     obs = tr.process(frame(drawn_face(cx=300, cy=250), 0))
     assert obs.detected and obs.reason == "detected"
     x, y, w, h = obs.box
@@ -56,9 +88,9 @@ def test_drawn_face_is_detected_and_cropped() -> None:
     assert np.abs(centre - np.array(SKIN)).max() < 45  # the crop shows the face, not the background
 
 
-def test_tracks_between_detections_and_drops_the_face_when_it_leaves() -> None:
+def test_tracks_between_detections_and_drops_the_face_at_the_first_miss_without_tolerance() -> None:
     k = 3
-    tr = FaceTracker(FaceConfig(detect_every=k, smoothing=0.5))
+    tr = FaceTracker(FaceConfig(detector="haar", detect_every=k, smoothing=0.5, max_missed=0))
     reasons, boxes = [], []
     for i in range(6):  # the face drifts right by 20 px per frame
         obs = tr.process(frame(drawn_face(cx=250 + 20 * i), i))
@@ -76,15 +108,52 @@ def test_tracks_between_detections_and_drops_the_face_when_it_leaves() -> None:
     assert tr.process(frame(empty, 10)).crop is None
 
 
-def test_fixed_roi_mode_crops_exactly_its_region() -> None:
-    img = np.zeros((120, 160, 3), np.uint8)
-    img[20:80, 50:110] = 200
-    tr = FaceTracker(FaceConfig(roi=(50, 20, 60, 60), crop_size=30))
+def test_a_few_missed_detections_keep_the_track_then_it_is_dropped() -> None:
+    tr = FaceTracker(FaceConfig(detector="haar", detect_every=1, max_missed=2))
+    assert tr.process(frame(drawn_face(), 0)).reason == "detected"
+    empty = faceless()[0]
+    kept = [tr.process(frame(empty, 1 + j)) for j in range(2)]  # two misses: tolerated
+    assert [o.reason for o in kept] == ["tracked", "tracked"] and all(o.crop is not None for o in kept)
+    assert tr.process(frame(drawn_face(), 3)).reason == "detected"  # found again: the count starts over
+    seen = [tr.process(frame(empty, 4 + j)).reason for j in range(3)]
+    assert seen == ["tracked", "tracked", "no face detected"]  # the third miss in a row drops it
+    assert tr.process(frame(empty, 7)).crop is None
+
+
+def test_fixed_roi_crops_exactly_its_region_while_a_face_is_inside() -> None:
+    img = rendered_face(x0=60)  # face in x 60..284 of a 320 x 240 frame
+    roi = (40, 0, 240, 240)
+    tr = FaceTracker(FaceConfig(roi=roi, crop_size=60, detect_every=1, max_missed=0))
     assert tr.mode == "roi"
-    for img_i in (img, faceless()[1][:120, :160]):
-        obs = tr.process(frame(img_i, 0))
-        assert obs.reason == "fixed roi" and obs.crop.shape == (30, 30, 3)
-    np.testing.assert_array_equal(tr.process(frame(img, 1)).crop, np.full((30, 30, 3), 200, np.uint8))
+    obs = tr.process(frame(img, 0))
+    assert obs.reason == "fixed roi" and obs.detected and obs.box == roi
+    np.testing.assert_array_equal(obs.crop, crop_square(img, roi, 0.0, 60))
+    # the same region on a faceless scene: the detector finds nothing inside it, so there is no crop
+    wall = FaceTracker(FaceConfig(roi=roi, detect_every=1, max_missed=0))
+    for i, empty in enumerate(faceless()):
+        obs = wall.process(frame(empty[:240, :320], i))
+        assert obs.crop is None and obs.reason == "no face in the fixed roi"
+    # a region beside the face (only background) is no face either
+    beside = FaceTracker(FaceConfig(roi=(0, 0, 60, 60), detect_every=1, max_missed=0))
+    assert beside.process(frame(img, 0)).crop is None
+
+
+def test_fixed_roi_beyond_the_frame_is_refused_naming_the_key_and_the_frame_size(
+        caplog: pytest.LogCaptureFixture) -> None:
+    tr = FaceTracker(FaceConfig(roi=(200, 100, 200, 200), detect_every=1))
+    img = rendered_face()
+    with caplog.at_level(logging.ERROR, logger="appliance.sources.face"):
+        seen = [tr.process(frame(img, i)) for i in range(3)]
+    assert all(o.crop is None for o in seen)
+    reason = seen[0].reason
+    assert "camera.face_roi [200, 100, 200, 200]" in reason and "320x240 frame" in reason
+    assert tr.config_error == reason
+    errors = [r for r in caplog.records if "camera.face_roi" in r.getMessage()]
+    assert len(errors) == 1, "logged once per frame size, not once per frame"
+    # the camera reopens at a size the region fits: crops again
+    big = cv2.resize(img, (640, 480))
+    assert tr.process(frame(big, 3)).crop is not None and tr.config_error is None
+    assert roi_error((0, 0, 320, 240), 320, 240) is None and roi_error((0, 0, 321, 240), 320, 240)
 
 
 def test_square_box_stays_inside_the_frame() -> None:
@@ -102,3 +171,7 @@ def test_bad_input_and_config() -> None:
         FaceConfig(detect_every=0)
     with pytest.raises(ValueError, match="roi"):
         FaceConfig(roi=(0, 0, 0, 10))
+    with pytest.raises(ValueError, match="detector"):
+        FaceConfig(detector="mtcnn")
+    with pytest.raises(ValueError, match="max_missed"):
+        FaceConfig(max_missed=-1)

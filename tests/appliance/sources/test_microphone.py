@@ -36,7 +36,8 @@ def have():
 factory = open_alsa_pcm
 if mode == "vanish":
     # The real PCM is closed under the reader after 3 reads (as if unplugged) and the file is swapped,
-    # so reopening fails until the new file appears.
+    # so reopening fails until the new file appears: it appears when the first reopen has failed (an event,
+    # not a timer, so a slow machine cannot reorder the two).
     class Vanishing:
         reads = 0
         def __init__(self, pcm): self.pcm = pcm
@@ -45,12 +46,17 @@ if mode == "vanish":
             if Vanishing.reads == 4:
                 self.pcm.close()
                 os.rename(infile, infile + ".gone")
-                threading.Timer(0.3, os.rename, (infile + ".next", infile)).start()
             return self.pcm.read()
         def close(self):
             try: self.pcm.close()
             except Exception: pass
-    factory = lambda cfg: Vanishing(open_alsa_pcm(cfg))
+    def factory(cfg):
+        try:
+            return Vanishing(open_alsa_pcm(cfg))
+        except Exception:
+            if os.path.exists(infile + ".next"):
+                os.rename(infile + ".next", infile)  # plugged back in, after this failed open
+            raise
 elif mode == "overrun":
     class Overrun:
         reads = 0
@@ -112,9 +118,11 @@ def test_pacing_delivers_in_real_time(tmp_path: Path) -> None:
     x = _signal(8000, 2)  # 0.5 s
     report, data = _capture(tmp_path, "paced", x, want=x.size, period=800)
     np.testing.assert_array_equal(data["samples"][: x.size], x)
-    # period k's last sample is due (k+1)*50 ms after start: stamps follow real time, not the file's speed
-    t = (data["t_ns"] - data["t_ns"][0]) / 1e9
-    assert 0.05 * (len(t) - 1) - 0.005 <= t[-1] <= 0.05 * (len(t) - 1) + 0.15
+    # period k's last sample is due (k+1)*50 ms after start: no period arrives before its time (the file itself
+    # is read at disk speed), and the stamps step at the real rate. A late wake-up on a busy machine only
+    # delays one stamp: pacing is on absolute due times, so the steps do not drift (no upper bound on the total).
+    t = (data["t_ns"] - int(data["t0"])) / 1e9  # from just before start(): the pacing clock starts later
+    assert (t >= 0.05 * (np.arange(len(t)) + 1) - 0.001).all()
     assert np.median(np.diff(t)) == pytest.approx(0.05, abs=0.01)
 
 
@@ -135,7 +143,7 @@ def test_reopens_after_the_device_disappears(tmp_path: Path) -> None:
     report, data = _capture(tmp_path, "vanish", x, want=256 * 7)
     assert report["ok"], report
     assert report["reopens"] == 1
-    assert report["open_failures"] >= 1  # the file was missing for 0.3 s: opens failed and were retried
+    assert report["open_failures"] == 1  # the file was missing at the first reopen: it failed and was retried
     s = data["samples"]
     np.testing.assert_array_equal(s[: 3 * 256], x[: 3 * 256])  # three good reads before the loss
     np.testing.assert_array_equal(s[3 * 256: 7 * 256], nxt[: 4 * 256])  # the new device from its start

@@ -1,6 +1,7 @@
 """``neopain commission``: the metrics on known signals, and whole commissioning runs through the real input
 paths (OpenCV on a video file, ALSA's file plugin, pyserial on a pty) for a good bed and for beds that really
-fail: no face / black frames, digital silence, a clipped microphone, a monitor sending garbage or nothing.
+fail: no face / black frames, digital silence, a clipped microphone, a monitor sending garbage or nothing; and
+a fixed ROI, inside which the face detector must still find the face (a ROI on an empty wall fails).
 
 The runs are ``python -m appliance.cli commission`` subprocesses (ALSA reads ``ALSA_CONFIG_PATH`` once per
 process), started together by one module fixture so that their capture times overlap.
@@ -33,7 +34,7 @@ sys.path.insert(0, str(HERE.parents[1] / "appliance"))  # alsa_replay, daemon_ha
 sys.path.insert(0, str(HERE.parents[1] / "appliance" / "sources"))  # test_face
 from alsa_replay import write_alsa_config  # noqa: E402
 from daemon_harness import ROOT  # noqa: E402
-from test_face import drawn_face  # noqa: E402
+from test_face import drawn_face, rendered_face  # noqa: E402
 
 DURATION_S = 15.0  # IntelliVue association (~3 s) + enough beats for MIN_RR_COUNT RR intervals
 W, H, FPS = 320, 240, 10.0
@@ -86,8 +87,17 @@ def test_plausible_fraction_counts_missing_and_out_of_range_values() -> None:
 
 def test_checks_pass_fail_and_warn_follow_the_thresholds() -> None:
     lo, _ = cm.BRIGHTNESS_RANGE
-    good = cm.CameraSummary(100, 90, 120.0, 30.0, 40.0, 10.0, "detect")
+    good = cm.CameraSummary(100, 90, 120.0, 30.0, 40.0, 10.0, "detect", detector="centerface")
     assert cm.overall(cm.camera_checks(good)) == "pass"
+    # the Haar cascade ran because CenterFace could not load: scoring works, worth a look
+    fallback = dataclasses.replace(good, detector="haar", detector_fallback="centerface unavailable: no file")
+    checks = {c.name: c for c in cm.camera_checks(fallback)}
+    assert checks["face detector"].status == "warn" and "no file" in checks["face detector"].why
+    # a ROI beyond the frame: no face, and the reason is the configuration
+    beyond = dataclasses.replace(good, face_frames=0, mode="roi", config_error="camera.face_roi [0, 0, 900, 900] "
+                                 "reaches beyond the camera's 320x240 frame")
+    check = {c.name: c for c in cm.camera_checks(beyond)}["face found (fixed ROI)"]
+    assert check.status == "fail" and "320x240" in check.why
     dark = dataclasses.replace(good, brightness=lo - 1, face_frames=int(100 * cm.MIN_FACE_FRACTION) - 1)
     failed = {c.name for c in cm.camera_checks(dark) if c.status == "fail"}
     assert failed == {"face found", "brightness"}
@@ -184,14 +194,14 @@ def _start(config: Path, out: Path, env: dict[str, str], *extra: str) -> subproc
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
-    """Three commissioning runs at once: ``good`` (simulated bed, IntelliVue, drawn faces found by the
-    cascade), ``dead`` (black frames, digital silence, a monitor sending garbage; --no-snapshot) and
+    """Three commissioning runs at once: ``good`` (simulated bed, IntelliVue, rendered infant faces found by
+    the default detector), ``dead`` (black frames, digital silence, a monitor sending garbage; --no-snapshot) and
     ``overdriven`` (noise frames, a clipped microphone, a silent monitor)."""
     from appliance.devtools.simulate import SimulatedBed, synth_bed_cohort
 
     tmp = tmp_path_factory.mktemp("commission")
     cohort = synth_bed_cohort(tmp / "cohort", minutes=0.5, seed=3, video_size=64)
-    faces = [drawn_face(cx=150 + 2 * (i % 10), cy=120, s=0.6, h=H, w=W) for i in range(20)]
+    faces = [rendered_face(x0=40 + 2 * (i % 10), h=H, w=W) for i in range(20)]
     rng = np.random.default_rng(1)
     videos = {"good": _write_video(tmp / "faces.mp4", faces),
               "dead": _write_video(tmp / "black.mp4", [np.zeros((H, W, 3), np.uint8)] * 20),
@@ -317,3 +327,42 @@ def test_overdriven_bed_fails_noise_frames_clipping_and_silent_monitor(runs: dic
     # no face anywhere: the snapshot shows what the camera sees (whole frame, labelled), at snapshot size
     snap = cv2.imread(str(run["dir"] / "face_snapshot.png"))
     assert snap is not None and max(snap.shape[:2]) == SNAPSHOT_SIDE
+
+
+# ------------------------------------------------------------------------------------------------ fixed ROI
+def _roi_run(tmp_path: Path, name: str, frames: list[np.ndarray], roi: list[int]) -> dict:
+    """``neopain commission`` in this process, camera only, on a looping video with ``face_roi = roi``."""
+    video = _write_video(tmp_path / f"{name}.mp4", frames)
+    config = _write_config(tmp_path / f"{name}.toml", camera={**_camera(video), "face_roi": roi},
+                           microphone={"enabled": False}, monitor={"enabled": False})
+    out = tmp_path / name
+    parser = argparse.ArgumentParser()
+    add_commission_arguments(parser)
+    rc = run_commission(parser.parse_args(["--config", str(config), "--out", str(out), "--duration", "3",
+                                           "--no-progress", "--no-snapshot"]))
+    data = json.loads((out / "commission.json").read_text())
+    return {"rc": rc, "checks": {c["name"]: c for c in data["checks"]}}
+
+
+@pytest.mark.slow
+def test_a_fixed_roi_still_runs_the_detector_a_roi_on_an_empty_wall_fails(tmp_path: Path) -> None:
+    """With camera.face_roi set, "face found" is what the detector finds inside the ROI, not 100 % by
+    construction: the same ROI passes on the infant's face and fails on an empty wall; a ROI beyond the frame
+    fails naming the key and the frame size."""
+    faces = [rendered_face(x0=40 + 2 * (i % 10), h=H, w=W) for i in range(20)]
+    rng = np.random.default_rng(2)
+    wall = cv2.GaussianBlur(np.full((H, W, 3), (150, 160, 170), np.uint8), (0, 0), 3)
+    walls = [np.clip(wall + rng.normal(0, 3, wall.shape), 0, 255).astype(np.uint8) for _ in range(20)]
+    roi = [40, 0, 240, 240]
+    face = _roi_run(tmp_path, "face", faces, roi)
+    found = face["checks"]["face found (fixed ROI)"]
+    assert face["rc"] == 0 and found["status"] == "pass" and found["value"] >= 100 * cm.MIN_FACE_FRACTION, face
+    assert face["checks"]["face detector"]["value"] == "centerface"
+    empty = _roi_run(tmp_path, "wall", walls, roi)
+    found = empty["checks"]["face found (fixed ROI)"]
+    assert empty["rc"] == 1 and found["status"] == "fail" and found["value"] == 0.0, empty
+    assert "camera.face_roi" in found["why"]
+    beyond = _roi_run(tmp_path, "beyond", faces, [200, 0, 240, 240])
+    found = beyond["checks"]["face found (fixed ROI)"]
+    assert beyond["rc"] == 1 and found["value"] == 0.0
+    assert "camera.face_roi [200, 0, 240, 240]" in found["why"] and "320x240" in found["why"]

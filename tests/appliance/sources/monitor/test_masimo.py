@@ -57,6 +57,22 @@ def test_alarm_bits():
     assert {"alarm_spo2_low", "alarm_pr_high"} <= s.flags
 
 
+def test_alarm_state_bits_are_named_not_unknown():
+    """0x10 alarm active, 0x20 alarm silenced, 0x40 low battery (MD PnP poxrad_discrete.h); a Radical-5
+    prints the short form ``ALARM=20 EXC=800``. They flag the reading but do not invalidate it."""
+    radical5 = parse_line(b"02/22/16 22:47:45 SN=0000056661 SPO2=097% BPM=141 PI=02.10% ALARM=20 EXC=800\r\n")
+    assert isinstance(radical5, VitalSample)
+    assert radical5.flags == {"alarm_silenced"}
+    assert (radical5.spo2, radical5.pulse_rate) == (97, 141)
+    for bit, name in [(0x10, "alarm_active"), (0x20, "alarm_silenced"), (0x40, "low_battery")]:
+        s = parse_line(format_line(96, 150, 1.0, alarm=bit))
+        assert s.flags == {name} and s.spo2 == 96, (bit, s.flags)
+    every = parse_line(format_line(85, 200, 1.0, alarm=0x7F)).flags
+    assert every == {"alarm_spo2_high", "alarm_spo2_low", "alarm_pr_high", "alarm_pr_low", "alarm_active",
+                     "alarm_silenced", "low_battery"}
+    assert "alarm_unknown_bits" in parse_line(format_line(96, 150, 1.0, alarm=0x80 | 0x20)).flags
+
+
 def test_implausible_values_are_rejected_naming_the_field():
     cases = {
         b"SPO2=101% BPM=120": "implausible:SPO2",
@@ -107,7 +123,7 @@ def test_fuzz_never_raises_and_always_explains(mutate, line, program, as_text):
 
 @settings(max_examples=300, deadline=None)
 @given(st.integers(10, 100), st.integers(25, 300), st.floats(0, 20).map(lambda x: round(x, 2)),
-       st.integers(0, 0xFFF), st.integers(0, 0xF))
+       st.integers(0, 0xFFF), st.integers(0, 0x7F))
 def test_format_parse_round_trip(spo2, bpm, pi, exc, alarm):
     s = parse_line(format_line(spo2, bpm, pi, exc=exc, alarm=alarm))
     assert isinstance(s, VitalSample)

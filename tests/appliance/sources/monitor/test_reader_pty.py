@@ -1,12 +1,16 @@
 """End to end over a real pty: emulator (master side) <-> pyserial MonitorReader (slave side)."""
 
+import contextlib
+import os
 import threading
 import time
+import tty
 
 import numpy as np
 import pytest
 
 from appliance.devtools.monitor_emulator import EmulatedVitals, MonitorEmulator
+from appliance.sources.monitor.masimo import format_line
 from appliance.sources.monitor.reader import MonitorReader
 from appliance.sources.monitor.types import RRIntervals, VitalSample, WaveChunk
 
@@ -55,7 +59,7 @@ def test_masimo_values_read_equal_values_sent(tmp_path):
     # what was read is exactly a contiguous run of what was sent (lines before the port opened are
     # flushed by pyserial's open, so the run may start late)
     start = sent.index(got[0])
-    assert got == sent[start : start + len(got)]
+    assert got == sent[start : start + len(got)], (health.connects, health.last_error, emu.dropped_bytes)
     assert len(set(got)) > 5  # the values really varied
     assert all(s.source == "masimo" and s.hr is None for s in samples)
     assert np.all(np.diff([s.t_mono_ns for s in samples]) > 0)
@@ -89,6 +93,38 @@ def test_auto_detect(tmp_path, protocol):
             assert wait_for(lambda: len(sink.of(VitalSample)) >= 3)
             assert reader.health().protocol == protocol
     assert all(s.source == protocol for s in sink.of(VitalSample))
+
+
+@contextlib.contextmanager
+def raw_pty():
+    """A bare pty pair: the test writes exactly the bytes a monitor would, when it wants (master fd, path)."""
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    try:
+        yield master, os.ttyname(slave)
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_auto_detect_delivers_the_line_that_identified_a_masimo():
+    """With ``protocol = auto`` the first Masimo line both identifies the monitor and is a reading: it is
+    parsed, flagged (a Radical-5's ALARM=20: alarm silenced) and delivered, stamped at its arrival."""
+    sink = Collector()
+    with raw_pty() as (master, path):
+        with MonitorReader(path, sink, protocol="auto", detect_s=60.0) as reader:
+            assert wait_for(lambda: reader.health().connected)  # opened (and flushed) before anything is sent
+            sent_ns = time.monotonic_ns()
+            os.write(master, b"02/22/16 22:47:45 SN=0000056661 SPO2=097% BPM=141 PI=02.10% ALARM=20 EXC=800\r\n")
+            assert wait_for(lambda: len(sink.of(VitalSample)) >= 1)
+            os.write(master, format_line(95, 150, 1.5))
+            assert wait_for(lambda: len(sink.of(VitalSample)) >= 2)
+            health = reader.health()
+    first, second = sink.of(VitalSample)
+    assert (first.spo2, first.pulse_rate, first.perfusion_index, first.flags) == (97, 141, 2.1, {"alarm_silenced"})
+    assert (second.spo2, second.pulse_rate, second.flags) == (95, 150, frozenset())
+    assert sent_ns <= first.t_mono_ns < second.t_mono_ns
+    assert health.protocol == "masimo" and health.samples == 2 and not health.rejects
 
 
 @pytest.mark.parametrize("protocol", ["masimo", "intellivue"])
@@ -126,7 +162,7 @@ def test_intellivue_survives_garbage_between_frames(tmp_path):
 
 def test_stop_joins_even_when_the_port_never_appears(tmp_path):
     reader = MonitorReader(str(tmp_path / "absent"), lambda x: None, protocol="masimo").start()
-    time.sleep(0.2)
+    assert wait_for(lambda: "absent" in reader.health().last_error)  # it tried (no fixed sleep: a busy machine)
     t0 = time.monotonic()
     reader.stop()
     assert time.monotonic() - t0 < 2.0
