@@ -232,6 +232,9 @@ def draw_face(size: int, skin: tuple[int, int, int], expr: Expression, *, tube: 
     for side in (-1, 1):
         cx, cy = 0.5 + side * EYE_DX, EYE_Y
         if expr.squeeze > 0.2:
+            bunch = img.copy()  # the orbit bunches up around the shut eye
+            cv2.ellipse(bunch, _p(s, cx, cy), (int(0.06 * s), int(0.03 * s)), 0, 0, 360, dark, -1, cv2.LINE_AA)
+            cv2.addWeighted(bunch, 0.5 * expr.squeeze, img, 1 - 0.5 * expr.squeeze, 0, img)
             cv2.line(img, _p(s, cx - ew * 1.2, cy), _p(s, cx + ew * 1.2, cy), darker, th + int(expr.squeeze * 2 * th),
                      cv2.LINE_AA)
             for k in (-1, 0, 1):

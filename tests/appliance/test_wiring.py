@@ -72,6 +72,7 @@ reopen_after_s = 7.5
 face_crop_size = 64
 loop = true
 face_roi = [1, 2, 30, 40]
+face_detector = "haar"
 [microphone]
 device = "hw:1,0"
 period_frames = 256
@@ -109,7 +110,7 @@ save_raw_media = true
     s = wiring.source_settings(config)
     assert s.camera == CameraConfig(source="/dev/video3", kind="device", fps=15.0, width=640, height=480,
                                     watchdog_s=7.5, loop=True)
-    assert s.face == FaceConfig(crop_size=64, roi=(1, 2, 30, 40))
+    assert s.face == FaceConfig(crop_size=64, roi=(1, 2, 30, 40), detector="haar")
     assert s.microphone == MicrophoneConfig(device="hw:1,0", period_size=256, pace_realtime=True)
     assert (s.monitor.port, s.monitor.protocol, s.monitor.baudrate) == ("/dev/ttyS3", "masimo", 115200)
     w = wiring.window_config(config)

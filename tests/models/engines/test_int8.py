@@ -55,6 +55,9 @@ def test_export_int8_writes_qdq_parts_beside_fp32(int8_model: Path) -> None:
         zero_points = [inits[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"]
         # TensorRT's rules: signed INT8, symmetric (zero point 0)
         assert zero_points and all(z.dtype == np.int8 and not z.any() for z in zero_points)
+        float_convs = [n for n in graph.node if n.op_type == "Conv" and n.input[1] in inits]
+        assert all(inits[n.input[1]].shape[1] <= 4 for n in float_convs)  # only the input stems stay float
+        assert name != "video_encoder" or len(float_convs) == 1
     windows = [np.load(p) for p in sorted((int8_model.parent / "calib").glob("*.npz"))]
     assert int8.calibration["sha256"] == windows_sha256([{k: w[k] for k in w.files} for w in windows])
     assert int8.calibration["windows"] == 8 and int8.calibration["held_out_windows"] == 2
@@ -91,8 +94,11 @@ def test_x86_rewrite_agrees_with_the_qdq_graph_as_written(int8_model: Path) -> N
     for name, part in manifest.parts.items():
         path = int8_model / manifest.int8.parts[name].onnx
         data, counts = cpu_int8_model_bytes(path)
-        if name in ("video_encoder", "vitals_encoder"):  # the CNNs: every ReLU folds into its conv's quantization
-            assert not any(n.op_type == "Relu" for n in onnx.load_from_string(data).graph.node), name
+        if name in ("video_encoder", "vitals_encoder"):  # the CNNs: every quantized ReLU folds into its conv
+            graph = onnx.load_from_string(data).graph
+            producer = {o: n.op_type for n in graph.node for o in n.output}
+            assert counts["relu_folded"] > 0, name
+            assert all(producer.get(n.input[0]) == "Conv" for n in graph.node if n.op_type == "Relu"), name  # float stem
         feed = {n: batch[n] if n in batch else None for n in part.input_names}
         if any(v is None for v in feed.values()):
             continue  # the fusion head's inputs are tokens; its rewrite is covered end to end above
