@@ -126,6 +126,24 @@ def test_camera_capture_thread_killed_is_restarted(tmp_path: Path, caplog: pytes
     assert any("camera-capture-1: driver thread died" in r.getMessage() for r in caplog.records)
 
 
+def test_the_issue_s_nan_kills_are_now_logged_retries(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The reported faults, with the NaN forced past the config's checks (as anything unforeseen would be):
+    ``fps = nan`` made the capture thread raise in its pacing, ``reopen_after_s = nan`` the watchdog at
+    ``int(nan)``. Both threads are now restarted with backoff, logged each time, counted in health."""
+    path = write_video(tmp_path / "v.avi", 5, 100.0)
+    config = CameraConfig(str(path), loop=True, reopen_backoff_s=0.05, reopen_backoff_max_s=0.1)
+    object.__setattr__(config, "fps", float("nan"))  # what CameraConfig now refuses, slipped through
+    object.__setattr__(config, "watchdog_s", float("nan"))
+    with caplog.at_level(logging.ERROR, logger="appliance.sources.supervise"):
+        with Camera(config, lambda frame: None) as cam:
+            assert wait_for(lambda: cam.health().thread_restarts >= 4)
+            alive = cam._watchdog.is_alive() and any(t.is_alive() for t in cam._threads)
+    died = [r.getMessage() for r in caplog.records if "driver thread died" in r.getMessage()]
+    assert alive  # still there, retrying: what the journal always claimed
+    assert any(m.startswith("camera-watchdog: driver thread died (ValueError") for m in died)
+    assert any(m.startswith("camera-capture-1: driver thread died (ValueError") and "fps" in m for m in died)
+
+
 @pytest.mark.parametrize("field, value", [("fps", float("nan")), ("watchdog_s", float("nan")),
                                           ("watchdog_s", 0.0), ("fps", float("inf")), ("width", 0)])
 def test_camera_config_refuses_what_once_killed_its_threads(field: str, value: float) -> None:
