@@ -218,8 +218,9 @@ class MonitorReader:
         deadline = time.monotonic() + self.detect_s
         while not self._stop.is_set() and time.monotonic() < deadline:
             chunk = self._read()
-            if chunk:
-                seen, seen_t = (seen + chunk)[-4096:], now_ns()
+            if not chunk:
+                continue
+            seen, seen_t = (seen + chunk)[-4096:], now_ns()
             if b"\xc0" in seen:
                 return "intellivue", b"", False, seen_t  # frames from an earlier association: start over
             start = _first_masimo_line(seen)
