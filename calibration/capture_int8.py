@@ -150,7 +150,7 @@ def capture_int8(config: Config, out_dir: Path, windows: int = DEFAULT_WINDOWS, 
     from appliance.scoring.buffers import ModalityBuffers
     from appliance.scoring.windows import WindowBuilder
     from appliance.sources.bed import BedSources
-    from appliance.wiring import buffer_sinks, source_settings, window_config
+    from appliance.wiring import buffer_sinks, quality_config, source_settings, window_config
     from models.features.cry import CryDetector
 
     if windows < 1 or not every_s > 0:
@@ -167,7 +167,7 @@ def capture_int8(config: Config, out_dir: Path, windows: int = DEFAULT_WINDOWS, 
     sources = BedSources(source_settings(config), buffer_sinks(buffers, cry)).open()
     try:
         capture = WindowCapture(WindowBuilder(buffers, wcfg, cry=cry), model_cfg, out_dir,
-                                required_modalities(config))
+                                required_modalities(config), quality=quality_config(config))
         t0 = time.monotonic()
         with tqdm(total=windows, unit="window", desc="INT8 calibration windows", disable=not progress) as bar:
             if stop.wait(warmup):

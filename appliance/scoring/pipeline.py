@@ -356,7 +356,7 @@ class ScoringPipeline:
             quality_flags=flags,
         )
         enqueue_ms = (time.perf_counter() - t4) * 1e3
-        self._record_score(window, used, message, nips, raw, latency, enqueue_ms)
+        self._record_score(window, used, message, nips, raw, latency, enqueue_ms, verdict.reasons)
         return CycleResult("score", t, message, verdict, raw_nips=float(raw))
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> tuple[Any, float, np.ndarray, np.ndarray]:
@@ -370,8 +370,10 @@ class ScoringPipeline:
         return outputs, raw, logits, weights
 
     def _record_score(self, window: Window, used: Mapping[str, bool], message: Mapping[str, Any], nips: float,
-                      raw: float, latency: Mapping[str, float], enqueue_ms: float) -> None:
-        """Journal line, optional raw media, statistics and health state of a published score."""
+                      raw: float, latency: Mapping[str, float], enqueue_ms: float,
+                      reasons: Mapping[str, str]) -> None:
+        """Journal line, optional raw media, statistics and health state of a published score (a degraded
+        state names why each missing modality is missing, e.g. a face ROI beyond the frame)."""
         seq = message.get("sequence")
         log.info("score seq=%s id=%s nips=%.2f raw=%.2f used=%s infer=%.1fms enqueue=%.1fms", seq,
                  message.get("message_id"), nips, raw, ",".join(m for m in MODALITIES if used[m]) or "-",
@@ -385,8 +387,9 @@ class ScoringPipeline:
             self.stats.publish_enqueue_ms = round(enqueue_ms, 3)
             self.stats.last_latency_ms = dict(latency)
         degraded = [m for m in MODALITIES if not used[m]]
+        why = "; ".join(f"{m}: {reasons[m]}" for m in degraded if reasons.get(m) not in (None, "", "ok"))
         self._set_state("degraded" if degraded else "ok",
-                        f"scoring without {', '.join(degraded)}" if degraded else None)
+                        f"scoring without {', '.join(degraded)}" + (f" ({why})" if why else "") if degraded else None)
 
     def _no_score(self, t: int, verdict: QualityVerdict, detail: str, progressed: bool = True) -> CycleResult:
         with self._lock:
