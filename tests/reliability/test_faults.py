@@ -659,8 +659,9 @@ def test_state_files_heal_host_names_one_instance_and_bounded_topics(rig: Rig, m
                   "daemon scores on (it used to exit 1 at start into a crash loop)",
                   f"{len(made)} queued; {salvaged} salvaged and delivered ({len(made) - salvaged} were in the cut-off "
                   f"half: their bytes are gone); moved aside as {aside.name}; next sequence {first_new} after "
-                  f"{made[-1][0]}; health {'names the file' if named else 'SILENT'}", ok,
-                  produced=salvaged, delivered=len(from_d1), lost=salvaged - len(from_d1))
+                  f"{made[-1][0]}; health {'names the file' if named else 'SILENT'}; lost = the rows whose bytes the "
+                  f"fault destroyed (nothing else)", ok,
+                  produced=len(made), delivered=len(from_d1), lost=len(made) - len(from_d1))
     assert ok, (salvaged, len(from_d1), sorted(oldest - from_d1), d2.text()[-3000:])
 
     sessions_ok = bool(sessions_line and (rig.bed.workdir / sessions_line.group(1)).exists() and named)
@@ -716,8 +717,9 @@ def test_state_files_heal_host_names_one_instance_and_bounded_topics(rig: Rig, m
                   "journal says so; sequence numbers never repeat (it used to fail every cycle, then exit 1)",
                   f"{len(backlog)} queued; the page held {len(on_page)} of them (gone with its bytes); healed in "
                   f"the same process: {healed_live}; every other score delivered ({len(readable)}); health "
-                  f"{'names the file' if said else 'SILENT'}", ok,
-                  produced=len(readable), delivered=len(readable) - len(missing), lost=len(missing))
+                  f"{'names the file' if said else 'SILENT'}; lost = the rows on the overwritten page (nothing else)", ok,
+                  produced=len(ids), delivered=len(ids) - len(on_page) - len(missing),
+                  lost=len(on_page) + len(missing))
     assert ok, (healed_live, bool(said), missing, on_page, d2.text()[-3000:])
     assert d2.terminate() == 0
 
