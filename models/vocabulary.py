@@ -32,5 +32,8 @@ NIPS_ITEM_MESSAGE_NAMES: dict[str, str] = {
     "arousal": "state_of_arousal",
 }
 
+#: Message item name -> the item's maximum (cry 2, every other item 1; they add up to NIPS_MAX).
+NIPS_ITEM_MAXIMA: dict[str, int] = {NIPS_ITEM_MESSAGE_NAMES[name]: classes - 1 for name, classes in NIPS_ITEMS}
+
 #: The three input modalities, in the order of the model's presence mask.
 MODALITIES: tuple[str, str, str] = ("video", "audio", "vitals")

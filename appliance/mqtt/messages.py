@@ -24,13 +24,12 @@ from typing import Any, Iterable, Mapping
 from appliance import clock
 from appliance.isotime import parse_iso8601
 from appliance.textcut import cut
-from models.vocabulary import INTENSITY_MAX, MODALITIES, NIPS_ITEM_MESSAGE_NAMES, NIPS_MAX
-from models.vocabulary import NIPS_ITEMS as MODEL_NIPS_ITEMS
+from models.vocabulary import INTENSITY_MAX, MODALITIES, NIPS_ITEM_MAXIMA, NIPS_MAX
 
 SCHEMA_VERSION = 1
 
 #: NIPS items by their message names and their maxima (cry is 0-2, every other item 0-1, total 0-7).
-NIPS_ITEMS: dict[str, int] = {NIPS_ITEM_MESSAGE_NAMES[name]: classes - 1 for name, classes in MODEL_NIPS_ITEMS}
+NIPS_ITEMS: dict[str, int] = NIPS_ITEM_MAXIMA
 
 #: Commands accepted on ``<prefix>/cmd/<name>``; anything else is counted as unknown and ignored.
 KNOWN_COMMANDS = frozenset({"calibration/start", "calibration/stop", "calibration/rate", "health/request"})
@@ -128,7 +127,7 @@ def build_score(
         for name, value in nips_items.items():
             if name not in NIPS_ITEMS:
                 raise ValueError(f"nips_items.{name}: unknown NIPS item (expected {', '.join(NIPS_ITEMS)})")
-            items[name] = _number(f"nips_items.{name}", value, 0, NIPS_ITEMS[name])
+            items[name] = round(_number(f"nips_items.{name}", value, 0, NIPS_ITEMS[name]), 4)  # as nips
 
     flags = [_text("quality_flags[]", f, max_len=64) for f in quality_flags]
     lat: dict[str, float] = {}

@@ -19,7 +19,8 @@ from appliance.mqtt import messages
 from appliance.scoring.buffers import ModalityBuffers, RRInterval, VitalsSample
 from appliance.scoring.calibration_map import CalibrationError, CalibrationMap, parse_calibration, write_calibration
 from appliance.scoring.calibration_stage import CalibrationStage, load_calibration
-from appliance.scoring.pipeline import PipelineConfig, ScoringPipeline, confidence_of, expected_items
+from appliance.scoring.pipeline import (PipelineConfig, ScoringPipeline, confidence_of, expected_items,
+                                        items_matching_total)
 from appliance.mqtt.publisher import Publisher, PublisherConfig
 from appliance.scoring.quality import QualityConfig, assess, level_dbfs
 from appliance.service import Watchdog
@@ -142,6 +143,34 @@ def test_fresh_window_gives_one_schema_valid_score(engines: _TinyEngines, publis
     assert set(msg["nips_items"]) == set(messages.NIPS_ITEMS)
     assert 0.0 < msg["confidence"] <= 1.0
     assert health_message(pipe)["state"] == "ok"
+
+
+def test_published_items_add_up_to_the_published_total(engines: _TinyEngines, publisher: Publisher,
+                                                        tmp_path: Path) -> None:
+    """The items a nurse reads beside the total must not contradict it: their sum is nips within rounding,
+    calibrated or not, and each item keeps 4 decimals like nips (not 19)."""
+    b = ModalityBuffers()
+    fill(b, T0)
+    shifted = write_calibration(tmp_path / "map.json", version="site-plus-2", x=[0.0, 5.0, 7.0], y=[2.0, 7.0, 7.0])
+    for calibration in (None, CalibrationStage(shifted)):
+        pipe = make_pipeline(b, engines, publisher, calibration=calibration)
+        msg = pipe.score_once(T0 + S // 10).message
+        items = msg["nips_items"]
+        assert sum(items.values()) == pytest.approx(msg["nips"], abs=6 * 5e-5)
+        assert all(0.0 <= v <= messages.NIPS_ITEMS[k] and round(v, 4) == v for k, v in items.items())
+
+
+@pytest.mark.parametrize("total", [0.0, 0.3, 2.5, 6.9, 7.0, 9.0, -1.0])
+def test_items_matching_total_keeps_bounds_and_profile(total: float) -> None:
+    maxima = messages.NIPS_ITEMS
+    items = {"facial_expression": 0.8, "cry": 1.0, "breathing": 0.2, "arms": 0.0, "legs": 0.5, "state_of_arousal": 0.9}
+    out = items_matching_total(items, maxima, total)
+    assert sum(out.values()) == pytest.approx(min(max(total, 0.0), 7.0), abs=1e-9)
+    assert all(0.0 <= out[k] <= maxima[k] for k in out)
+    if 0 < total < sum(items.values()):  # scaled down: the profile (ratios) is kept, zeros stay zero
+        assert out["arms"] == 0.0 and out["cry"] / out["legs"] == pytest.approx(items["cry"] / items["legs"])
+    zero = items_matching_total(dict.fromkeys(items, 0.0), maxima, 3.5)  # nothing to scale: headroom takes it
+    assert sum(zero.values()) == pytest.approx(3.5) and zero["cry"] == pytest.approx(2 * zero["arms"])
 
 
 def test_stale_modalities_are_not_presented_as_current(engines: _TinyEngines, publisher: Publisher) -> None:
