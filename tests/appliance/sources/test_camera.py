@@ -1,30 +1,19 @@
 """Camera source through the real OpenCV path: the test writes an MJPG .avi and the Camera replays it."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
 from appliance.sources.camera import Camera, CameraConfig, Frame, csi_pipeline
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from source_helpers import level, write_video  # noqa: E402
 
-def write_video(path: Path, n: int, fps: float, size: tuple[int, int] = (160, 120)) -> Path:
-    """Frame i is a flat grey of level 10*i + 20 (MJPG keeps flat levels within a couple of units)."""
-    w, h = size
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert vw.isOpened()
-    for i in range(n):
-        vw.write(np.full((h, w, 3), 10 * i + 20, np.uint8))
-    vw.release()
-    return path
-
-
-def level(frame: Frame) -> int:
-    return int(round((float(frame.image.mean()) - 20) / 10))
 
 
 class Collector:

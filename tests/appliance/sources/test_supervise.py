@@ -3,15 +3,13 @@ and counted, for the camera (OpenCV on a real video file), the microphone and th
 through BedSources up to the daemon's health message)."""
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
+import sys
 import threading
 import time
-import tty
 from pathlib import Path
 
-import cv2
 import jsonschema
 import numpy as np
 import pytest
@@ -26,21 +24,11 @@ from appliance.sources.monitor.masimo import format_line
 from appliance.sources.monitor.types import VitalSample
 from appliance.sources.supervise import SupervisedThread
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from source_helpers import level, raw_pty, write_video  # noqa: E402
 
 
-def write_video(path: Path, n: int, fps: float, size: tuple[int, int] = (160, 120)) -> Path:
-    """Frame i is a flat grey of level 10*i + 20 (as in test_camera.py)."""
-    w, h = size
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (w, h))
-    assert vw.isOpened()
-    for i in range(n):
-        vw.write(np.full((h, w, 3), 10 * i + 20, np.uint8))
-    vw.release()
-    return path
 
-
-def level(frame: Frame) -> int:
-    return int(round((float(frame.image.mean()) - 20) / 10))
 
 
 class DriverKilled(BaseException):
@@ -192,15 +180,6 @@ def test_microphone_thread_killed_is_restarted_and_the_gap_flagged() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ monitor
-@contextlib.contextmanager
-def raw_pty():
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    try:
-        yield master, os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
 
 
 def test_monitor_thread_killed_is_restarted_and_counted_in_health() -> None:

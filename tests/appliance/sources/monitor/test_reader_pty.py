@@ -1,10 +1,10 @@
 """End to end over a real pty: emulator (master side) <-> pyserial MonitorReader (slave side)."""
 
-import contextlib
 import os
+import sys
 import threading
 import time
-import tty
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +13,9 @@ from appliance.devtools.monitor_emulator import EmulatedVitals, MonitorEmulator
 from appliance.sources.monitor.masimo import format_line
 from appliance.sources.monitor.reader import MonitorReader
 from appliance.sources.monitor.types import RRIntervals, VitalSample, WaveChunk
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from source_helpers import raw_pty  # noqa: E402
 
 
 class Collector:
@@ -95,16 +98,6 @@ def test_auto_detect(tmp_path, protocol):
     assert all(s.source == protocol for s in sink.of(VitalSample))
 
 
-@contextlib.contextmanager
-def raw_pty():
-    """A bare pty pair: the test writes exactly the bytes a monitor would, when it wants (master fd, path)."""
-    master, slave = os.openpty()
-    tty.setraw(slave)
-    try:
-        yield master, os.ttyname(slave)
-    finally:
-        os.close(master)
-        os.close(slave)
 
 
 def test_auto_detect_delivers_the_line_that_identified_a_masimo():
