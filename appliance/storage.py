@@ -273,6 +273,20 @@ def copy_rows(db: sqlite3.Connection, table: str, rows: Sequence[Mapping[str, An
     return kept
 
 
+def restore_tables(db: sqlite3.Connection, salvage: Salvage, tables: Mapping[str, Sequence[str]]) -> str:
+    """The usual ``restore`` of a :class:`StateFile`: every salvaged row of ``tables`` into the fresh file, a
+    table's ``id`` column taking the row's old rowid (so rows that refer to each other still match); returns
+    the journal text ("12 row(s) salvaged")."""
+    kept = 0
+    for table, columns in tables.items():
+        rows = salvage.rows.get(table, [])
+        if "id" in columns:
+            for r in rows:
+                r["id"] = r["rowid"]
+        kept += copy_rows(db, table, rows, columns)
+    return salvage.summary(kept)
+
+
 # ---------------------------------------------------------------------------------------------- moving aside
 def _stamp() -> str:
     return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")

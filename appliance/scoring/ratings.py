@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from appliance.isotime import parse_iso8601
-from appliance.storage import Healed, Salvage, StateFile, copy_rows, health_note
+from appliance.storage import Healed, Salvage, StateFile, health_note, restore_tables
 
 log = logging.getLogger(__name__)
 
@@ -112,14 +112,7 @@ _SALVAGE_TABLES = {
 
 def _restore(db: sqlite3.Connection, salvage: Salvage) -> str:
     """Salvaged sessions, scores and ratings into a fresh file (same ids, so pairs still match)."""
-    kept = 0
-    for table, columns in _SALVAGE_TABLES.items():
-        rows = salvage.rows.get(table, [])
-        if "id" in columns:
-            for r in rows:
-                r["id"] = r["rowid"]
-        kept += copy_rows(db, table, rows, columns)
-    return salvage.summary(kept)
+    return restore_tables(db, salvage, _SALVAGE_TABLES)
 
 
 class SessionStore:

@@ -2,4 +2,6 @@
 
 ``board`` (what is known about each bed) -> ``table`` (that, as text) -> ``watch`` (the live command);
 ``bridge`` (scores -> FHIR / HL7 via ``fhir`` and ``hl7``); ``connection`` opens the broker for both.
+``web`` is ``neopain station``, the same board as a web page with a history, trends and nurse ratings (sent to
+a device as its calibration command, through the broker).
 """
