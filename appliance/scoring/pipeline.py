@@ -49,6 +49,7 @@ import numpy as np
 from appliance import clock
 from appliance.config import default
 from appliance.scoring.calibration_stage import CalibrationStage
+from appliance.scoring.presence_debounce import DebounceConfig, PresenceDebounce
 from appliance.scoring.quality import QualityConfig, QualityVerdict, assess
 from appliance.scoring.windows import Window, WindowBuilder
 from models.vocabulary import MODALITIES, NIPS_ITEM_MAXIMA, NIPS_ITEM_MESSAGE_NAMES, NIPS_ITEMS
@@ -86,6 +87,7 @@ class PipelineConfig:
     quality: QualityConfig = field(default_factory=QualityConfig)
     raw_media_dir: Path | None = None  # debug.save_raw_media: where scored windows are kept (device only)
     raw_media_keep: int = 200
+    presence: DebounceConfig = field(default_factory=DebounceConfig)  # what health reports as lost/back, and when
 
     def __post_init__(self) -> None:
         if not self.cadence_s > 0:
@@ -267,6 +269,7 @@ class ScoringPipeline:
         self._thread: threading.Thread | None = None
         self._state = ("no_score", "starting: no window scored yet")
         self._presence: dict[str, bool] = {m: False for m in MODALITIES}
+        self._reported = PresenceDebounce(self.config.presence)  # health's view of the modalities (debounced)
         self._items = NIPS_ITEMS
 
     # ------------------------------------------------------------------------------------------ lifecycle
@@ -340,6 +343,9 @@ class ScoringPipeline:
         window, verdict = prepared.window, prepared.verdict
         with self._lock:
             self._presence = dict(verdict.presence)
+            too_short = {m: "too short for the network" for m in MODALITIES
+                         if verdict.presence[m] and not prepared.used[m]}
+            self._reported.update(prepared.used, t, {**verdict.reasons, **too_short})
         if prepared.inputs is None or prepared.refusal is not None:
             return self._no_score(t, verdict, prepared.refusal or "nothing to score")
         t1 = time.perf_counter()
@@ -380,7 +386,7 @@ class ScoringPipeline:
             quality_flags=flags,
         )
         enqueue_ms = (time.perf_counter() - t4) * 1e3
-        self._record_score(window, used, message, nips, raw, latency, enqueue_ms, verdict.reasons)
+        self._record_score(window, used, message, nips, raw, latency, enqueue_ms)
         return CycleResult("score", t, message, verdict, raw_nips=float(raw))
 
     def _infer(self, inputs: Mapping[str, np.ndarray]) -> tuple[Any, float, np.ndarray, np.ndarray]:
@@ -394,10 +400,10 @@ class ScoringPipeline:
         return outputs, raw, logits, weights
 
     def _record_score(self, window: Window, used: Mapping[str, bool], message: Mapping[str, Any], nips: float,
-                      raw: float, latency: Mapping[str, float], enqueue_ms: float,
-                      reasons: Mapping[str, str]) -> None:
-        """Journal line, optional raw media, statistics and health state of a published score (a degraded
-        state names why each missing modality is missing, e.g. a face ROI beyond the frame)."""
+                      raw: float, latency: Mapping[str, float], enqueue_ms: float) -> None:
+        """Journal line, optional raw media, statistics and health state of a published score. Health's state
+        follows the *reported* presence (``presence_debounce``: lost or back only after lasting a while), and a
+        degraded state names why each lost modality was missing, e.g. a face ROI beyond the frame."""
         seq = message.get("sequence")
         log.info("score seq=%s id=%s nips=%.2f raw=%.2f used=%s infer=%.1fms enqueue=%.1fms", seq,
                  message.get("message_id"), nips, raw, ",".join(m for m in MODALITIES if used[m]) or "-",
@@ -410,8 +416,8 @@ class ScoringPipeline:
             self.stats.last_sequence = seq
             self.stats.publish_enqueue_ms = round(enqueue_ms, 3)
             self.stats.last_latency_ms = dict(latency)
-        degraded = [m for m in MODALITIES if not used[m]]
-        why = "; ".join(f"{m}: {reasons[m]}" for m in degraded if reasons.get(m) not in (None, "", "ok"))
+            degraded = self._reported.lost()
+            why = "; ".join(f"{m}: {r}" for m in degraded if (r := self._reported.reason(m)))
         self._set_state("degraded" if degraded else "ok",
                         f"scoring without {', '.join(degraded)}" + (f" ({why})" if why else "") if degraded else None)
 

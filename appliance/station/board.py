@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 
 TREND_UP, TREND_DOWN, TREND_FLAT, TREND_NONE = "↑", "↓", "→", " "
 
+#: Health grouping on the station (``health_view``): a state other than ok is an *alarm* only once it has lasted
+#: this long, so a modality that comes and goes (a cry) -- even from a device that does not debounce its own
+#: health (``[scoring] modality_lost_after_s``) -- is shown as changes counted, not as an alarm each time.
+HEALTH_ALARM_AFTER_S = 60.0
+#: Changes of a bed's health state are counted over this window (the "4x/10m" of the table).
+HEALTH_CHANGES_WINDOW_S = 600.0
+HEALTH_CHANGES_KEPT = 64
+
 
 @dataclass(frozen=True)
 class ScorePoint:
@@ -60,6 +68,8 @@ class BedState:
     health_at: datetime | None = None
     invalid: int = 0
     duplicates: int = 0
+    #: (station time, new state) of each health state change, oldest first: what ``health_view`` groups.
+    health_changes: deque[tuple[datetime, str]] = field(default_factory=lambda: deque(maxlen=HEALTH_CHANGES_KEPT))
 
     @property
     def key(self) -> tuple[str, str]:
@@ -148,6 +158,9 @@ class Board:
             msg = json.loads(payload)
             if not isinstance(msg, dict) or msg.get("type") != "health":
                 raise ValueError("health: not a JSON object of type 'health'")
+            new_state = str(msg.get("state", "?"))
+            if not state.health_changes or state.health_changes[-1][1] != new_state:
+                state.health_changes.append((received, new_state))
             state.health, state.health_at = msg, received
             return "health"
         point = parse_score_point(payload, received)
@@ -180,10 +193,20 @@ class Board:
     def snapshot(self) -> list[BedState]:
         """Copies of every bed, sorted by site then bed (natural order for numbered beds)."""
         with self._lock:
-            beds = [BedState(b.site, b.bed, deque(b.scores, maxlen=b.scores.maxlen), b.status, b.status_at,
-                             dict(b.health) if b.health else None, b.health_at, b.invalid, b.duplicates)
-                    for b in self._beds.values()]
+            beds = [_copy(b) for b in self._beds.values()]
         return sorted(beds, key=lambda b: (b.site, _natural(b.bed)))
+
+    def bed(self, site: str, bed: str) -> BedState | None:
+        """A copy of one bed, or None when never seen (the web station redraws only the beds that changed)."""
+        with self._lock:
+            state = self._beds.get((site, bed))
+            return None if state is None else _copy(state)
+
+
+def _copy(b: BedState) -> BedState:
+    return BedState(b.site, b.bed, deque(b.scores, maxlen=b.scores.maxlen), b.status, b.status_at,
+                    dict(b.health) if b.health else None, b.health_at, b.invalid, b.duplicates,
+                    deque(b.health_changes, maxlen=b.health_changes.maxlen))
 
 
 def _natural(text: str) -> tuple[Any, ...]:
@@ -193,6 +216,15 @@ def _natural(text: str) -> tuple[Any, ...]:
 def score_age_s(point: ScorePoint, now: datetime) -> float:
     """Age of a score: the larger of since-window-end (device clock) and since-arrival (station clock)."""
     return max(0.0, (now - point.window_end).total_seconds(), (now - point.received).total_seconds())
+
+
+#: A score older than this (by ``score_age_s``) is shown as stale, never as a current value (watch, web station).
+STALE_AFTER_S = 30.0
+
+
+def is_stale(point: ScorePoint | None, now: datetime, stale_after_s: float = STALE_AFTER_S) -> bool:
+    """The stations' one staleness rule: no score at all, or one older than ``stale_after_s``."""
+    return point is None or score_age_s(point, now) > stale_after_s
 
 
 def trend(points: Sequence[ScorePoint], now: datetime, *, window_s: float = 300.0, min_points: int = 3,
@@ -218,3 +250,28 @@ def trend(points: Sequence[ScorePoint], now: datetime, *, window_s: float = 300.
     if slope <= -threshold_per_min:
         return TREND_DOWN
     return TREND_FLAT
+
+
+@dataclass(frozen=True)
+class HealthView:
+    """A bed's health as the station shows it: the state, since when, how often it changed, whether it alarms."""
+
+    state: str  # ok / degraded / no_score / "?" (no health message yet)
+    detail: str | None
+    since: datetime | None  # station time the current state began (as far as the station saw)
+    changes: int  # state changes within ``HEALTH_CHANGES_WINDOW_S``
+    alarm: bool  # not ok for at least ``HEALTH_ALARM_AFTER_S``
+
+
+def health_view(bed: BedState, now: datetime, *, alarm_after_s: float = HEALTH_ALARM_AFTER_S,
+                window_s: float = HEALTH_CHANGES_WINDOW_S) -> HealthView:
+    """Group the bed's health changes: an alarm only for a lasting non-ok state; flapping is a count."""
+    if not bed.health:
+        return HealthView("?", None, None, 0, False)
+    state = str(bed.health.get("state", "?"))
+    detail = bed.health.get("detail")
+    since = bed.health_changes[-1][0] if bed.health_changes else bed.health_at
+    changes = sum(1 for t, _ in list(bed.health_changes)[1:] if 0 <= (now - t).total_seconds() <= window_s)
+    lasted = (now - since).total_seconds() if since is not None else 0.0
+    return HealthView(state, str(detail) if detail else None, since, changes,
+                      alarm=state != "ok" and lasted >= alarm_after_s)

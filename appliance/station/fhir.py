@@ -10,8 +10,12 @@ local code system; hospital terminology services can map it. Choices that matter
   built the message.
 - ``device`` refers to ``Device/<device_id>`` when the id is a valid FHIR id, else by identifier, so an odd
   device id never makes an invalid reference.
-- ``subject`` is the bed (a ``Location`` by identifier) unless a patient reference is given: the bridge
-  does not know which baby lies in the bed; the hospital's ADT mapping does.
+- ``subject`` is the patient whose stay in the bed covers the scored window (``patients.PatientRegistry``, fed
+  by the hospital's ADT): a logical reference of type ``Patient`` by identifier -- the MRN, with the assigning
+  authority as the system (``urn:oid:<OID>`` when the ADT gave an ISO universal id, the id itself when it is a
+  URI, else ``<mrn system base>/<authority>``) and identifier type ``MR`` -- because the bridge does not know the
+  Patient's id on the hospital's server, but the server resolves identifiers. With no patient it is the bed (a
+  ``Location`` by identifier): never a guessed patient.
 
 The module is pure (dicts in, dicts out) apart from the two sinks at the end; ``validate_observation``
 checks the R4 rules that can be checked offline, so the bridge refuses to emit what a server would reject.
@@ -24,6 +28,7 @@ import os
 import re
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 from datetime import datetime
 from pathlib import Path
@@ -31,12 +36,21 @@ from typing import Any, Mapping
 
 from appliance.mqtt import messages
 from appliance.isotime import parse_iso8601
+from appliance.station.patients import Patient
 
 log = logging.getLogger(__name__)
 
 CODE_SYSTEM = "https://neopain.example/fhir/CodeSystem/scores"
 BED_SYSTEM = "https://neopain.example/fhir/NamingSystem/bed"
 DEVICE_SYSTEM = "https://neopain.example/fhir/NamingSystem/device-id"
+#: Base of the MRN identifier system for an assigning authority the ADT named only by its namespace id (a
+#: site sets its own with ``neopain bridge --mrn-system``, the URI its FHIR server knows its MRNs by).
+MRN_SYSTEM_BASE = "https://neopain.example/fhir/NamingSystem/mrn"
+IDENTIFIER_TYPE = "http://terminology.hl7.org/CodeSystem/v2-0203"
+#: Mode of the Observation files: owner read/write, group read. An integration engine reading the folder runs
+#: as another user, so the owner alone (0600, mkstemp's mode) locks it out; put it in the bridge's group. Not
+#: world-readable: the files name a patient. ``--fhir-file-mode`` changes it.
+FHIR_FILE_MODE = 0o640
 OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 UCUM = "http://unitsofmeasure.org"
 URI_IDENTIFIER = "urn:ietf:rfc:3986"
@@ -107,9 +121,12 @@ def score_to_observation(
     *,
     site: str | None = None,
     bed: str | None = None,
-    patient_reference: str | None = None,
+    patient: Patient | None = None,
+    mrn_system: str = MRN_SYSTEM_BASE,
 ) -> dict[str, Any]:
     """Map one score message (``messages.build_score`` shape) to a FHIR R4 Observation dict.
+
+    ``patient``: who was in the bed for the whole window (its ``subject``); None: the bed is the subject.
 
     Raises ``ValueError`` naming the score field when the message cannot make a valid Observation (missing
     window, NIPS out of range, ...): a bridge must not invent values.
@@ -162,8 +179,8 @@ def score_to_observation(
     created = score.get("created_utc")
     if isinstance(created, str) and _FHIR_INSTANT.match(created):
         obs["issued"] = created
-    if patient_reference:
-        obs["subject"] = {"reference": patient_reference}
+    if patient is not None:
+        obs["subject"] = patient_reference(patient, mrn_system)
     elif site and bed:
         obs["subject"] = {"type": "Location", "identifier": {"system": BED_SYSTEM, "value": f"{site}/{bed}"},
                           "display": f"{site} bed {bed}"}
@@ -171,6 +188,26 @@ def score_to_observation(
     if flags:
         obs["note"] = [{"text": "quality flags: " + ", ".join(str(f) for f in flags)}]
     return obs
+
+
+def patient_identifier_system(patient: Patient, mrn_system: str = MRN_SYSTEM_BASE) -> str:
+    """The URI of the patient's MRN namespace (see the module doc for the three cases)."""
+    kind = (patient.authority_id_type or "").upper()
+    if patient.authority_id and kind == "ISO":
+        return f"urn:oid:{patient.authority_id}"
+    uri = patient.authority_id and patient.authority_id.startswith(("http:", "https:", "urn:"))
+    if patient.authority_id and (kind in ("URI", "URL") or uri):
+        return patient.authority_id
+    return f"{mrn_system.rstrip('/')}/{urllib.parse.quote(patient.authority, safe='')}"
+
+
+def patient_reference(patient: Patient, mrn_system: str = MRN_SYSTEM_BASE) -> dict[str, Any]:
+    """A logical Reference(Patient): type, MRN identifier (system, value, type MR) and the name as display."""
+    return {"type": "Patient",
+            "identifier": {"type": {"coding": [{"system": IDENTIFIER_TYPE, "code": "MR",
+                                                "display": "Medical record number"}]},
+                           "system": patient_identifier_system(patient, mrn_system), "value": patient.mrn},
+            "display": patient.display()}
 
 
 def _parse_instant(text: str) -> datetime:
@@ -260,20 +297,45 @@ def _check_quantity(q: Any, where: str, errs: list[str]) -> None:
 
 
 # ------------------------------------------------------------------------------------------ sinks
-class FhirFileSink:
-    """Writes ``Observation-<id>.json`` into a folder, atomically (temp file + rename).
+def parse_file_mode(text: str, option: str = "--fhir-file-mode") -> int:
+    """An octal file mode (``640``, ``0640``, ``0o640``) for the Observation files; ValueError naming ``option``.
 
-    The name is the message id, so a re-delivered score overwrites its own file instead of adding one.
+    Refused: anything but octal digits, bits beyond 0777, execute bits (a JSON file is not a program), a mode the
+    bridge itself could not read back, and world-writable modes (anyone could alter a clinical record)."""
+    digits = text.strip().lower().removeprefix("0o")
+    if not digits or any(c not in "01234567" for c in digits) or int(digits, 8) > 0o777:
+        raise ValueError(f"{option}: expected an octal mode such as 640 (0-777), got {text!r}")
+    mode = int(digits, 8)
+    if mode & 0o111:
+        raise ValueError(f"{option}: {mode:04o} has execute bits; a JSON file needs none (e.g. 640)")
+    if not mode & 0o400:
+        raise ValueError(f"{option}: {mode:04o} does not let the owner (the bridge) read its own files")
+    if mode & 0o002:
+        raise ValueError(f"{option}: {mode:04o} is world-writable; anyone could alter a clinical record")
+    return mode
+
+
+class FhirFileSink:
+    """Writes ``Observation-<id>.json`` into a folder, atomically (temp file + rename), with ``mode``.
+
+    The name is the message id, so a re-delivered score overwrites its own file instead of adding one. The mode
+    is set on the file itself (``fchmod``, before the rename), so the process umask cannot change it and a
+    reader never sees the file with another mode. A folder the sink creates gets the matching directory mode
+    (search bit wherever the files are readable); an existing folder is left as it is.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, mode: int = FHIR_FILE_MODE) -> None:
         self.folder = Path(folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
+        self.mode = mode
+        if not self.folder.is_dir():
+            self.folder.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.folder, 0o700 | mode | ((mode & 0o044) >> 2))
 
     def send(self, observation: Mapping[str, Any]) -> Path:
         path = self.folder / f"Observation-{observation['id']}.json"
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=".json")
         try:
+            os.fchmod(fd, self.mode)
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(observation, f, indent=2, sort_keys=True)
             os.replace(tmp, path)

@@ -4,7 +4,8 @@ Message shape (HL7 2.6, segments separated by CR)::
 
     MSH|^~\\&|NEOPAIN^<device>|<site>|<recv app>|<recv fac>|<now>||ORU^R01^ORU_R01|<message id>|P|2.6|||AL|NE||
         UNICODE UTF-8|||IHE_PCD_001^IHE PCD^1.3.6.1.4.1.19376.1.6.1.1.1^ISO
-    PID|||<patient id>^^^<authority>^MR          (PID-3 empty when the bridge does not know the patient)
+    PID|||<MRN>^^^<authority>[&<universal id>&<type>]^MR||<family>^<given>^^^^^L||<birth date>|<sex>
+                                                  (PID-3 and PID-5 empty when no patient is in the bed: see below)
     PV1||I|<site>^^<bed>                          (assigned location: point of care ^ room ^ bed)
     OBR|1||<message id>^NEOPAIN|NIPS^Neonatal pain assessment^99NPN|||<window start>|<window end>
     OBX|1|NM|NIPS-TOTAL^...^99NPN|1.1.1.1|<nips>|262656^MDC_DIM_DIMLESS^MDC|0-7||||F|||<window end>||||<device>^NEOPAIN
@@ -17,6 +18,13 @@ dimensionless (262656, MDC_DIM_DIMLESS). OBX-4 uses PCD-01's dotted containment 
 (MDS.VMD.CHANNEL.METRIC). MSH-10 (control id) is the score's message id, so a receiver can drop a re-sent
 message, and the ACK's MSA-2 is checked against it.
 
+Patient identity: the bridge looks the bed up in the station's ``patients.PatientRegistry`` (fed by the ADT
+listener, ``appliance.station.adt``). With a patient, PID-3 is the MRN as a CX with its assigning authority
+and identifier type ``MR``, PID-5 the name as an XPN (name type ``L``), PID-7/PID-8 birth date and sex when
+known; the message then validates against hl7apy's HL7 2.6 ORU_R01 structure (STRICT). Without one, PID-3/5
+stay empty and only PV1-3 says where the score comes from: a receiver files it by location, and nobody's record
+gets a guessed patient's score.
+
 Escaping: every text value goes through ``escape`` (``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``, CR/LF as ``\\X0D\\``/``\\X0A\\``) so a
 device id or site name can never break the segment structure.
 """
@@ -25,10 +33,12 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from datetime import timedelta, tzinfo
 from typing import Any, Mapping
 
 from appliance.mqtt import messages
 from appliance.isotime import parse_utc
+from appliance.station.patients import Patient
 
 FIELD_SEP = "|"
 ENCODING_CHARS = "^~\\&"  # component, repetition, escape, subcomponent
@@ -84,6 +94,41 @@ def hl7_timestamp(value: str | datetime) -> str:
     return u.strftime("%Y%m%d%H%M%S") + f".{u.microsecond // 1000:03d}+0000"
 
 
+_DTM_FORMATS = {4: "%Y", 6: "%Y%m", 8: "%Y%m%d", 10: "%Y%m%d%H", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}
+
+
+def parse_hl7_timestamp(text: str, where: str, *, local_tz: tzinfo | None = None) -> datetime:
+    """An HL7 DTM (``YYYY[MM[DD[HH[MM[SS[.S...]]]]]][+/-ZZZZ]``) as an aware UTC datetime.
+
+    A time without an offset is read in ``local_tz`` (hospital feeds often send local time); with no
+    ``local_tz`` it is refused: local or UTC cannot be guessed. ``ValueError`` names ``where`` (e.g. "EVN-6").
+    """
+    value = text.strip().split("^")[0]  # TS (HL7 < 2.6) carries the time in its first component
+    body, offset = value, None
+    for sign in "+-":
+        if sign in value[4:]:
+            body, _, off = value.rpartition(sign)
+            if len(off) != 4 or not off.isdigit() or int(off[:2]) > 14 or int(off[2:]) > 59:
+                raise ValueError(f"{where}: bad UTC offset in {text!r} (expected +HHMM)")
+            minutes = int(off[:2]) * 60 + int(off[2:])
+            offset = timezone(timedelta(minutes=minutes if sign == "+" else -minutes))
+            break
+    whole, _, fraction = body.partition(".")
+    fmt = _DTM_FORMATS.get(len(whole))
+    if fmt is None or not whole.isdigit() or (fraction and (not fraction.isdigit() or len(whole) != 14)):
+        raise ValueError(f"{where}: {text!r} is not an HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ])")
+    try:
+        t = datetime.strptime(whole, fmt)
+    except ValueError as exc:
+        raise ValueError(f"{where}: {text!r} is not a valid date/time ({exc})") from None
+    if fraction:
+        t = t.replace(microsecond=int(fraction[:6].ljust(6, "0")))
+    zone = offset or local_tz
+    if zone is None:
+        raise ValueError(f"{where}: {text!r} has no UTC offset and no local time zone is configured")
+    return t.replace(tzinfo=zone).astimezone(timezone.utc)  # a zoneinfo zone applies its DST rules here
+
+
 def _number(v: float) -> str:
     """HL7 NM: plain decimal, no exponent, no trailing zeros."""
     text = f"{float(v):.4f}".rstrip("0").rstrip(".")
@@ -109,14 +154,14 @@ def build_oru_r01(
     *,
     site: str | None = None,
     bed: str | None = None,
-    patient_id: str | None = None,
-    patient_authority: str = "HOSP",
+    patient: Patient | None = None,
     receiving_application: str = "",
     receiving_facility: str = "",
     now: datetime | None = None,
 ) -> str:
     """One PCD-01 ORU^R01 message (segments joined by CR, no MLLP framing) for one score message.
 
+    ``patient``: who is in the bed for this score's window (None: PID-3/5 stay empty, see the module doc).
     Raises ``ValueError`` naming the score field when the message lacks what the segments need.
     """
     message_id = score.get("message_id")
@@ -138,8 +183,7 @@ def build_oru_r01(
     ]
     # MSH-1 is the field separator itself: joining "MSH" and MSH-2 with "|" produces it.
     segments = [FIELD_SEP.join(msh)]
-    pid_3 = f"{e(patient_id)}^^^{e(patient_authority)}^MR" if patient_id else ""
-    segments.append(FIELD_SEP.join(["PID", "", "", pid_3]))
+    segments.append(FIELD_SEP.join(pid_fields(patient)))
     if bed:
         segments.append(FIELD_SEP.join(["PV1", "", "I", f"{e(site or '')}^^{e(bed)}"]))
     segments.append(FIELD_SEP.join(
@@ -164,6 +208,22 @@ def build_oru_r01(
                MDC_DIMLESS, ref_range, "", "", "", "F", "", "", end, "", "", "", equipment]
         segments.append(FIELD_SEP.join(obx))
     return SEGMENT_SEP.join(segments) + SEGMENT_SEP
+
+
+def pid_fields(patient: Patient | None) -> list[str]:
+    """The PID segment's fields (``["PID", PID-1, ...]``): CX in PID-3, XPN in PID-5, DT in PID-7, sex in PID-8."""
+    if patient is None:
+        return ["PID", "", "", ""]
+    e = escape
+    authority = e(patient.authority)
+    if patient.authority_id:  # HD: namespace & universal id & universal id type (subcomponents)
+        authority += f"&{e(patient.authority_id)}&{e(patient.authority_id_type or '')}"
+    birth = patient.birth_date.strftime("%Y%m%d") if patient.birth_date else ""
+    fields = ["PID", "", "", f"{e(patient.mrn)}^^^{authority}^MR", "", f"{e(patient.family)}^{e(patient.given)}^^^^^L",
+              "", birth, patient.sex or ""]
+    while fields[-1] == "":
+        fields.pop()
+    return fields
 
 
 def parse_segments(message: str) -> list[list[str]]:
@@ -241,14 +301,55 @@ def parse_ack(message: str) -> Ack:
     raise ValueError("HL7 ACK: no MSA segment")
 
 
-def build_ack(message: str, code: str = "AA", text: str = "") -> str:
-    """An ACK for ``message`` (used by test receivers and anyone needing a loopback peer)."""
+#: HL7 table 0357 (message error condition codes) used in ERR-3.
+ERR_REQUIRED_FIELD_MISSING = 101
+ERR_DATA_TYPE = 102
+ERR_TABLE_VALUE = 103
+ERR_UNSUPPORTED_MESSAGE_TYPE = 200
+ERR_UNSUPPORTED_EVENT = 201
+ERR_UNSUPPORTED_VERSION = 203
+ERR_UNKNOWN_KEY = 204
+ERR_APPLICATION = 207
+_ERR_TEXT = {101: "Required field missing", 102: "Data type error", 103: "Table value not found",
+             200: "Unsupported message type", 201: "Unsupported event code", 203: "Unsupported version id",
+             204: "Unknown key identifier",
+             207: "Application internal error"}
+
+
+@dataclass(frozen=True)
+class ErrorLocation:
+    """Where a received message is wrong (HL7 ERL, ERR-2): segment, field, and component when known."""
+
+    segment: str
+    field: int
+    component: int | None = None
+    sequence: int = 1
+
+    def __str__(self) -> str:  # "PID-3.4": how HL7 people name a place
+        return f"{self.segment}-{self.field}" + (f".{self.component}" if self.component else "")
+
+    def erl(self) -> str:
+        return f"{self.segment}^{self.sequence}^{self.field}^1" + (f"^{self.component}" if self.component else "")
+
+
+def build_ack(message: str, code: str = "AA", text: str = "", *, location: ErrorLocation | None = None,
+              error_code: int | None = None, now: datetime | None = None) -> str:
+    """An ACK for ``message``: MSH (sender and receiver swapped; ``ACK^<trigger>^ACK``), MSA and, for an error
+    with a ``location``, an ERR naming the segment/field (ERR-2), the table 0357 condition (ERR-3) and
+    severity E (ERR-4). MSA-3 carries ``text`` too, for receivers that only read MSA."""
     msh = parse_segments(message)[0]
     if msh[0] != "MSH" or len(msh) < 12:
         raise ValueError("HL7: first segment is not a complete MSH")
-    ack_msh = ["MSH", msh[1], msh[4], msh[5], msh[2], msh[3], hl7_timestamp(datetime.now(timezone.utc)), "",
-               "ACK^R01^ACK", msh[9] + "-ACK", "P", msh[11]]
-    return SEGMENT_SEP.join([FIELD_SEP.join(ack_msh), FIELD_SEP.join(["MSA", code, msh[9], escape(text)])]) + "\r"
+    trigger = msh[8].split("^")[1] if len(msh[8].split("^")) > 1 else ""
+    ack_msh = ["MSH", msh[1], msh[4], msh[5], msh[2], msh[3], hl7_timestamp(now or datetime.now(timezone.utc)), "",
+               f"ACK^{trigger}^ACK", msh[9] + "-ACK", "P", msh[11]]
+    segments = [FIELD_SEP.join(ack_msh), FIELD_SEP.join(["MSA", code, msh[9], escape(text)])]
+    if location is not None and code not in ("AA", "CA"):
+        condition = error_code or ERR_APPLICATION
+        segments.append(FIELD_SEP.join(["ERR", "", location.erl(),
+                                        f"{condition}^{_ERR_TEXT.get(condition, '')}^HL70357", "E", "", "", "",
+                                        escape(text)]))
+    return SEGMENT_SEP.join(segments) + "\r"
 
 
 class MllpClient:

@@ -6,10 +6,16 @@ once, with ``--once``, for logs and tests). While the broker is gone the title s
 table is never mistaken for a live one; the scores themselves turn stale by age (see ``table``). Each score on
 the board is confirmed to its device (``station.confirm``: per bed, retained, at most once a second) unless
 ``--no-confirm``.
+
+Layout: the wide table when it fits the terminal, else the narrow one that fits it (80 columns on a classic
+terminal; ``--narrow`` / ``--wide`` force one). ``--health full`` prints each bed's whole health text on its own
+line(s) below the bed; the table's health is grouped (``board.health_view``), so a modality that comes and
+goes shows as a count of changes, not as an alarm.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import time
 from datetime import datetime, timezone
@@ -19,7 +25,7 @@ from appliance.mqtt import topics
 from appliance.station.board import Board, ScorePoint
 from appliance.station.confirm import Confirmer, add_confirm_arguments, station_id_from_args
 from appliance.station.connection import BrokerOptions, StationConnection, add_broker_arguments
-from appliance.station.table import render_table
+from appliance.station.table import HEALTH_MODES, NARROW_WIDTH, render_table
 
 
 def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
@@ -34,6 +40,15 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--once", type=float, metavar="S",
                    help="print the table once after listening S seconds, then exit (for logs and tests)")
     g.add_argument("--plain", action="store_true", help="no ANSI colours or screen redraw")
+    size = g.add_mutually_exclusive_group()
+    size.add_argument("--narrow", dest="layout", action="store_const", const="narrow", default="auto",
+                      help="the narrow table (fits the terminal's width, 80 columns when unknown); default: narrow "
+                           "only when the wide one does not fit")
+    size.add_argument("--wide", dest="layout", action="store_const", const="wide",
+                      help="the wide table (every column) however wide the terminal")
+    g.add_argument("--health", choices=HEALTH_MODES, default="short",
+                   help="full: each bed's whole health text on its own line(s) below it (default: short, in the "
+                        "HEALTH column)")
     g.add_argument("--connect-timeout", type=float, default=10.0, metavar="S",
                    help="give up when the broker does not accept us within S seconds (default: 10)")
     add_confirm_arguments(parser, "watch")
@@ -86,8 +101,10 @@ def run_watch(args: argparse.Namespace, *, out: Any = None) -> int:
 
     def draw(color: bool) -> str:
         title = "neopain watch" + ("" if conn.connected.is_set() else f"  [NOT CONNECTED: {conn.error or 'reconnecting'}]")
+        width = shutil.get_terminal_size((NARROW_WIDTH, 24)).columns
         return render_table(board.snapshot(), now=datetime.now(timezone.utc), stale_after_s=args.stale_after,
-                            trend_window_s=args.trend_window, color=color, title=title)
+                            trend_window_s=args.trend_window, color=color, title=title, layout=args.layout,
+                            width=width, health=args.health)
 
     try:
         if args.once is not None:

@@ -345,8 +345,10 @@ class Rig:
             "device": {"id": "fault-dev", "site": "rel", "bed": "bed-1"},
             "mqtt": {"host": "127.0.0.1", "port": self.proxy.port, "message_expiry_s": 600,
                      "health_interval_s": 2.0, "keepalive_s": 5},
+            # Health's debounce (modality lost/back after lasting a while) shortened to two 1-s windows, so a
+            # fault's phase (10 s) shows it; the rows measure how soon a fault reaches health through it.
             "scoring": {"model_dir": str(model_dir), "model_config": "tiny", "backends": ["onnxruntime"],
-                        "cadence_s": 1.0},
+                        "cadence_s": 1.0, "modality_lost_after_s": 2.0, "modality_back_after_s": 2.0},
             "calibration": {"bundle": ""},
         }
         for name, values in [*self.base_sections.items(), *sections.items()]:

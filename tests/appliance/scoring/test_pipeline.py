@@ -23,6 +23,7 @@ from appliance.scoring.pipeline import (PipelineConfig, ScoringPipeline, confide
                                         items_matching_total)
 from appliance.mqtt.publisher import Publisher, PublisherConfig
 from appliance.scoring.quality import QualityConfig, assess, level_dbfs
+from appliance.scoring.presence_debounce import DebounceConfig
 from appliance.service import Watchdog
 from appliance.sources.face import FaceObservation
 from appliance.sources.microphone import AudioPeriod
@@ -102,14 +103,18 @@ def publisher(tmp_path: Path) -> Publisher:
     pub.outbox.close()
 
 
-def make_pipeline(buffers: ModalityBuffers, engines: Any, publisher: Publisher, *, calibration: CalibrationStage | None = None,
-                  watchdog: Watchdog | None = None, cadence_s: float = 2.0, max_age_s: float | None = None) -> ScoringPipeline:
-    """``max_age_s`` (every modality) for a loop on real time, so that data stay fresh however slow the machine."""
+def make_pipeline(buffers: ModalityBuffers, engines: Any, publisher: Publisher, *,
+                  calibration: CalibrationStage | None = None, watchdog: Watchdog | None = None,
+                  cadence_s: float = 2.0, max_age_s: float | None = None,
+                  presence: DebounceConfig | None = None) -> ScoringPipeline:
+    """``max_age_s`` (every modality) for a loop on real time, so that data stay fresh however slow the machine;
+    ``presence``: health's debounce (default: the config's)."""
     video_audio, vitals = (1.0, 5.0) if max_age_s is None else (max_age_s, max_age_s)
     builder = WindowBuilder(buffers, WindowConfig(video_max_age_s=video_audio, audio_max_age_s=video_audio,
                                                   vitals_max_age_s=vitals, rr_max_age_s=vitals))
     return ScoringPipeline(builder, engines, calibration or CalibrationStage(None), publisher,
-                           model_config=tiny_config(), config=PipelineConfig(cadence_s=cadence_s), watchdog=watchdog)
+                           model_config=tiny_config(), watchdog=watchdog,
+                           config=PipelineConfig(cadence_s=cadence_s, presence=presence or DebounceConfig()))
 
 
 def stored_scores(pub: Publisher) -> list[dict[str, Any]]:
@@ -176,7 +181,7 @@ def test_items_matching_total_keeps_bounds_and_profile(total: float) -> None:
 def test_stale_modalities_are_not_presented_as_current(engines: _TinyEngines, publisher: Publisher) -> None:
     b = ModalityBuffers()
     fill(b, T0)
-    pipe = make_pipeline(b, engines, publisher)
+    pipe = make_pipeline(b, engines, publisher, presence=DebounceConfig(lost_after_s=0.0))  # health at once
     # 3 s later: camera and microphone went quiet (limits 1 s), vitals are within their 5 s limit
     result = pipe.score_once(T0 + 3 * S)
     assert result.kind == "score"
@@ -192,6 +197,63 @@ def test_stale_modalities_are_not_presented_as_current(engines: _TinyEngines, pu
     assert len(stored_scores(publisher)) == 1
     health = health_message(pipe)
     assert health["state"] == "no_score" and "vitals" in health["detail"]
+
+
+def test_health_debounces_a_cry_that_comes_and_goes(engines: _TinyEngines, publisher: Publisher) -> None:
+    """Each score uses the audio its own window has, while health reports audio lost only after it has been
+    missing for ``lost_after_s`` and back only after ``back_after_s`` of presence (explicit window times)."""
+    lost_s, back_s, cadence = 6.0, 4.0, 2 * S
+    b = ModalityBuffers()
+    fill(b, T0)
+    pipe = make_pipeline(b, engines, publisher, presence=DebounceConfig(lost_after_s=lost_s, back_after_s=back_s))
+    rng = np.random.default_rng(2)
+    t, period = T0, 10_000
+    log: list[tuple[int, bool, str, str]] = []  # (t, audio used by the score, health state and detail after it)
+
+    def step(audio: bool) -> None:
+        nonlocal t, period
+        t_next = t + cadence
+        for i in range(1, 61):  # 30 fps face crops, 1 Hz vitals/RR, 512-sample audio periods, in (t, t_next]
+            ft = t + i * cadence // 60
+            b.frames.append(FaceObservation(ft, rng.integers(0, 255, (64, 64, 3), dtype=np.uint8), (0, 0, 64, 64),
+                                            "detected", True, period + i))
+        for k in (1, 2):
+            b.vitals.append(VitalsSample(t + k * S, hr_bpm=140.0, spo2_pct=97.0))
+            b.rr.append(RRInterval(t + k * S, rr_ms=425.0))
+        if audio:
+            for k in range(1, 2 * SR // 512 + 1):
+                x = (rng.normal(0, 0.05, 512) * 32767).astype(np.int16)
+                b.audio.append(AudioPeriod(t + k * 512 * S // SR, x, SR, period + k))
+        period += 100
+        t = t_next
+        result = pipe.score_once(t)
+        assert result.kind == "score", result.detail
+        health = pipe.health_fields()
+        log.append((t, result.message["modalities"]["audio"]["used"], health["state"], health["detail"] or ""))
+
+    step(True)
+    for k in range(12):  # a microphone gap every third cycle: the audio of 2 of 3 windows is missing
+        step(k % 3 != 0)
+    used = [u for _, u, _, _ in log]
+    assert sum(a != b for a, b in zip(used, used[1:])) >= 6  # the scores follow each window...
+    assert {state for _, _, state, _ in log} == {"ok"}  # ...health does not flap
+    start = len(log)
+    for _ in range(6):  # the microphone stops
+        step(False)
+    for _ in range(6):  # and comes back
+        step(True)
+    tail = log[start - 1:]
+    first_missing = next(i for i, (_, u, _, _) in enumerate(tail) if not u)
+    first_degraded = next(i for i, (_, _, st, _) in enumerate(tail) if st == "degraded")
+    waited = (tail[first_degraded][0] - tail[first_missing][0]) / S
+    assert lost_s <= waited < lost_s + cadence / S  # lost once missing for lost_after_s, not a window sooner
+    assert all(not u for _, u, _, _ in tail[first_missing:first_degraded + 1])
+    assert tail[first_degraded][3].startswith("scoring without audio (audio: ")  # and why it is missing
+    first_back = next(i for i, (_, u, _, _) in enumerate(tail) if i > first_degraded and u)
+    first_ok = next(i for i, (_, _, st, _) in enumerate(tail) if i > first_degraded and st == "ok")
+    waited = (tail[first_ok][0] - tail[first_back][0]) / S
+    assert back_s <= waited < back_s + cadence / S  # back once present for back_after_s
+    assert all(u for _, u, _, _ in tail[first_back:first_ok + 1]) and tail[first_ok][3] == ""
 
 
 def test_all_missing_publishes_health_not_score(engines: _TinyEngines, publisher: Publisher) -> None:

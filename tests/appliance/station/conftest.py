@@ -164,3 +164,64 @@ def _make_score(*, nips: float = 3.5, items: dict[str, float] | None = None, dev
 @pytest.fixture
 def make_score() -> Any:
     return _make_score
+
+
+@pytest.fixture
+def device(tmp_path: Path) -> Iterator[Any]:
+    """Real appliance publishers (outbox, LWT, status, health) for simulated beds: ``device(port, bed, site=...,
+    health=...)``; ``health`` adds fields to each health message (``state``, ``detail``)."""
+    from appliance.mqtt.publisher import ConnectionState, Publisher, PublisherConfig
+
+    made: list[Publisher] = []
+
+    def make(port: int, bed: str, site: str = "nicu", *, health: dict[str, Any] | None = None) -> Publisher:
+        cfg = PublisherConfig(host="127.0.0.1", port=port, site=site, bed=bed, device_id=f"dev-{bed}",
+                              outbox_path=tmp_path / f"outbox-{site}-{bed}.db", health_interval_s=60,
+                              score_expiry_s=120.0)
+        pub = Publisher(cfg, health_provider=lambda: {"sources": {"camera": True, "monitor": True}, **(health or {})})
+        pub.start()
+        assert pub.wait_for(lambda p: p.state is ConnectionState.CONNECTED, 5), pub.last_error
+        made.append(pub)
+        return pub
+
+    yield make
+    for p in made:
+        if p._client is not None:  # noqa: SLF001 - stop only those the test did not stop itself
+            p.stop()
+
+
+#: What the simulated beds' scores say they used: video and vitals, no audio (watch shows "V.H").
+SCORE_MODALITIES = {"video": {"used": True, "weight": 0.7}, "audio": {"used": False, "weight": 0.0},
+                    "vitals": {"used": True, "weight": 0.3}}
+
+
+@pytest.fixture
+def send_score() -> Any:
+    """``send_score(publisher, nips, ended_ago_s=0)``: one score through a real publisher (outbox, QoS 1) with a
+    2-s window ending ``ended_ago_s`` ago; returns the message."""
+    from appliance import clock
+
+    def send(pub: Any, nips: float, *, ended_ago_s: float = 0.0) -> dict[str, Any]:
+        end = clock.now_ns() - int(ended_ago_s * 1e9)
+        return pub.publish_score(window_start_ns=end - 2_000_000_000, window_end_ns=end, nips=nips, confidence=0.9,
+                                 modalities=SCORE_MODALITIES, model_version="fusion-1.0", calibration_version="cal-1",
+                                 latency_ms={"inference": 2.0}, nips_items={"cry": 1})
+
+    return send
+
+
+@pytest.fixture
+def wait() -> Any:
+    """``wait(pred, timeout=10)``: poll ``pred`` every 20 ms until it is true (True) or the time is up (its last
+    answer). For conditions other threads or processes make true; never a sleep standing in for one."""
+    import time
+
+    def until(pred: Any, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if pred():
+                return True
+            time.sleep(0.02)
+        return bool(pred())
+
+    return until

@@ -139,3 +139,59 @@ def test_http_sink_errors_say_whether_to_retry(fhir_server: Any, make_score: Any
 def test_codes_cover_every_nips_item() -> None:
     for item in messages.NIPS_ITEMS:
         assert f"nips-{item.replace('_', '-')}" in fhir.CODES
+
+
+def test_subject_is_the_patient_by_identifier_and_validates(make_score: Any) -> None:
+    from fhir.resources.R4B.observation import Observation
+
+    from appliance.station.patients import Patient
+
+    cases = [(Patient(mrn="42", authority="HOSP", family="DOE", given="Baby", authority_id="1.2.3",
+                      authority_id_type="ISO"), "urn:oid:1.2.3"),
+             (Patient(mrn="42", authority="HOSP", family="DOE", given="", authority_id="https://hosp.example/mrn",
+                      authority_id_type="URI"), "https://hosp.example/mrn"),
+             (Patient(mrn="42", authority="St Mary's", family="DOE", given="Baby"),
+              "https://hosp.example/ids/St%20Mary%27s")]
+    for patient, system in cases:
+        obs = fhir.score_to_observation(make_score(), site="nicu", bed="3", patient=patient,
+                                        mrn_system="https://hosp.example/ids/")
+        assert fhir.validate_observation(obs) == []
+        subject = Observation.model_validate(obs).subject
+        assert subject.type == "Patient" and subject.display == patient.display()
+        assert (subject.identifier.system, subject.identifier.value) == (system, "42")
+        assert subject.identifier.type.coding[0].code == "MR"
+
+
+def test_file_mode_is_what_was_asked_whatever_the_umask(tmp_path: Path, make_score: Any) -> None:
+    import os
+    import stat
+
+    old = os.umask(0o077)  # a service's strict umask must not undo the configured mode
+    try:
+        default = fhir.FhirFileSink(tmp_path / "default").send(fhir.score_to_observation(make_score()))
+        shared = fhir.FhirFileSink(tmp_path / "shared", mode=0o644).send(fhir.score_to_observation(make_score()))
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(default.stat().st_mode) == fhir.FHIR_FILE_MODE == 0o640
+    assert stat.S_IMODE(default.parent.stat().st_mode) == 0o750  # the group can list what it can read
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o644 and stat.S_IMODE(shared.parent.stat().st_mode) == 0o755
+
+
+@pytest.mark.parametrize("text,mode", [("640", 0o640), ("0600", 0o600), ("0o644", 0o644), ("440", 0o440)])
+def test_parse_file_mode(text: str, mode: int) -> None:
+    assert fhir.parse_file_mode(text) == mode
+
+
+@pytest.mark.parametrize("text,why", [("8", "octal"), ("1000", "octal"), ("", "octal"), ("750", "execute"),
+                                      ("040", "owner"), ("646", "world-writable")])
+def test_parse_file_mode_refuses(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=f"--fhir-file-mode: .*{why}"):
+        fhir.parse_file_mode(text)
+
+
+def test_bridge_cli_refuses_a_bad_file_mode(capsys: Any) -> None:
+    from appliance.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["bridge", "--fhir-out", "x", "--fhir-file-mode", "666"])
+    assert exc.value.code == 2 and "--fhir-file-mode" in capsys.readouterr().err

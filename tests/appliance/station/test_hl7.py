@@ -1,7 +1,7 @@
 """HL7 v2 ORU^R01 (IHE PCD-01): segment content, escaping, MLLP framing, and a real TCP exchange."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
 from typing import Any
 
 import pytest
@@ -9,6 +9,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from appliance.station import hl7
+from appliance.station.patients import Patient
+
+BABY = Patient(mrn="P123", authority="HOSP", family="DOE", given="Baby Girl")
 
 
 def by_segment(message: str) -> dict[str, list[list[str]]]:
@@ -21,7 +24,7 @@ def by_segment(message: str) -> dict[str, list[list[str]]]:
 def test_oru_r01_segments(make_score: Any) -> None:
     s = make_score(nips=3.5, items={"cry": 2, "facial_expression": 1})
     now = datetime(2025, 1, 2, 3, 4, 5, 678000, tzinfo=timezone.utc)
-    msg = hl7.build_oru_r01(s, site="nicu", bed="12", patient_id="P123", receiving_application="CIS", now=now)
+    msg = hl7.build_oru_r01(s, site="nicu", bed="12", patient=BABY, receiving_application="CIS", now=now)
     assert msg.startswith("MSH|^~\\&|") and msg.endswith("\r") and "\n" not in msg
     seg = by_segment(msg)
     assert list(seg) == ["MSH", "PID", "PV1", "OBR", "OBX"]
@@ -30,7 +33,7 @@ def test_oru_r01_segments(make_score: Any) -> None:
     assert msh[6] == "20250102030405.678+0000"
     assert msh[8] == "ORU^R01^ORU_R01" and msh[9] == s["message_id"] and msh[11] == "2.6"
     assert msh[14:16] == ["AL", "NE"] and msh[20].startswith("IHE_PCD_001^")
-    assert seg["PID"][0][3] == "P123^^^HOSP^MR"
+    assert seg["PID"][0][3] == "P123^^^HOSP^MR" and seg["PID"][0][5] == "DOE^Baby Girl^^^^^L"
     assert seg["PV1"][0][3] == "nicu^^12"
     obr = seg["OBR"][0]
     assert obr[3] == f"{s['message_id']}^NEOPAIN"
@@ -53,7 +56,8 @@ def test_no_patient_no_bed(make_score: Any) -> None:
 
 def test_special_characters_cannot_break_the_structure(make_score: Any) -> None:
     nasty = "a|b^c~d&e\\f\rg"
-    msg = hl7.build_oru_r01(make_score(device_id=nasty), site=nasty, bed=nasty, patient_id=nasty)
+    msg = hl7.build_oru_r01(make_score(device_id=nasty), site=nasty, bed=nasty,
+                            patient=Patient(mrn=nasty, authority=nasty, family=nasty, given=nasty))
     seg = by_segment(msg)
     assert list(seg) == ["MSH", "PID", "PV1", "OBR", "OBX"]
     msh = seg["MSH"][0]
@@ -162,3 +166,67 @@ def test_parse_host_port(text: str, expected: tuple[str, int]) -> None:
 def test_parse_host_port_errors(text: str) -> None:
     with pytest.raises(ValueError, match="--mllp"):
         hl7.parse_host_port(text)
+
+
+# ------------------------------------------------------------------------------------------ hl7apy validation
+def strict(message: str) -> None:
+    """hl7apy's HL7 2.6 structures, STRICT: raises naming what is missing or wrong."""
+    from hl7apy.consts import VALIDATION_LEVEL
+    from hl7apy.parser import parse_message
+
+    parse_message(message, validation_level=VALIDATION_LEVEL.STRICT, find_groups=True).validate()
+
+
+def test_oru_for_an_assigned_bed_validates_strict_with_pid_3_and_5(make_score: Any) -> None:
+    from hl7apy.parser import parse_message
+
+    baby = Patient(mrn="MRN-0042", authority="HOSP", family="O'Neil-Smith", given="Baby Boy",
+                   birth_date=date(2026, 11, 20), sex="M", authority_id="1.2.276.0.76.3.1.99", authority_id_type="ISO")
+    msg = hl7.build_oru_r01(make_score(items={"cry": 2, "arms": 1}), site="nicu", bed="3", patient=baby)
+    strict(msg)
+    pid = parse_message(msg, find_groups=False).pid
+    assert pid.pid_3.cx_1.to_er7() == "MRN-0042" and pid.pid_3.cx_5.to_er7() == "MR"
+    assert pid.pid_3.cx_4.to_er7() == "HOSP&1.2.276.0.76.3.1.99&ISO"
+    assert pid.pid_5.xpn_1.to_er7() == "O'Neil-Smith" and pid.pid_5.xpn_2.to_er7() == "Baby Boy"
+    assert pid.pid_7.to_er7() == "20261120" and pid.pid_8.to_er7() == "M"
+
+
+def test_location_only_oru_is_what_strict_refuses(make_score: Any) -> None:
+    """Without a patient PID-3/5 stay empty (nobody's record gets a guessed patient's score): the very fields
+    hl7apy requires, which is why the bridge never sends it for a bed it knows the patient of."""
+    from hl7apy.exceptions import ValidationError
+
+    with pytest.raises(ValidationError, match="PID_3|PID_5"):
+        strict(hl7.build_oru_r01(make_score(), site="nicu", bed="3"))
+
+
+def test_error_ack_names_segment_and_field(make_score: Any) -> None:
+    msg = hl7.build_oru_r01(make_score(), site="nicu", bed="3", patient=BABY)
+    ack = hl7.build_ack(msg, "AE", "PID-3.4: empty", location=hl7.ErrorLocation("PID", 3, 4),
+                        error_code=hl7.ERR_REQUIRED_FIELD_MISSING)
+    strict(ack)  # a receiver's own validator accepts what we answer
+    err = by_segment(ack)["ERR"][0]
+    assert err[2] == "PID^1^3^1^4" and err[3].startswith("101^") and err[4] == "E"
+    assert by_segment(ack)["MSH"][0][8] == "ACK^R01^ACK"
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("20261129101500+0100", datetime(2026, 11, 29, 9, 15, tzinfo=timezone.utc)),
+    ("20261129101500.25-0030", datetime(2026, 11, 29, 10, 45, 0, 250000, tzinfo=timezone.utc)),
+    ("202611291015+0000", datetime(2026, 11, 29, 10, 15, tzinfo=timezone.utc)),
+    ("20261129^S", None),  # a TS with precision: the time is its first component; needs a zone
+])
+def test_parse_hl7_timestamp(text: str, expected: datetime | None) -> None:
+    if expected is None:
+        with pytest.raises(ValueError, match="EVN-2.*no UTC offset"):
+            hl7.parse_hl7_timestamp(text, "EVN-2")
+        midnight = datetime(2026, 11, 29, tzinfo=timezone.utc)
+        assert hl7.parse_hl7_timestamp(text, "EVN-2", local_tz=timezone.utc) == midnight
+    else:
+        assert hl7.parse_hl7_timestamp(text, "EVN-2") == expected
+
+
+@pytest.mark.parametrize("text", ["2026112", "20261332", "20261129+01", "2026112910.5+0000", "x"])
+def test_parse_hl7_timestamp_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="PV1-44"):
+        hl7.parse_hl7_timestamp(text, "PV1-44", local_tz=timezone.utc)

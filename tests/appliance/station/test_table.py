@@ -133,3 +133,81 @@ def test_parse_topic_and_site_filter() -> None:
     assert topics.station_filters("nicu") == ["neopain/nicu/+/score", "neopain/nicu/+/status", "neopain/nicu/+/health"]
     with pytest.raises(ValueError, match="--site"):
         topics.station_filters("a/b", name="--site")
+
+
+# ------------------------------------------------------------------------------------------ health grouping, narrow
+def flapping_bed(name: str = "3", *, changes: list[tuple[float, str]], detail: str | None = None) -> BedState:
+    """A bed whose health went through ``changes`` ((seconds ago, state), oldest first) via the board."""
+    board = Board()
+    for ago, state in changes:
+        msg = messages.build_health(device_id="d", sources={"camera": True}, state=state,
+                                    detail=detail if state != "ok" else None)
+        received = NOW - timedelta(seconds=ago)
+        assert board.ingest(f"neopain/nicu/{name}/health", messages.encode(msg), received) == "health"
+    (b,) = board.snapshot()
+    return b
+
+
+def test_a_modality_that_comes_and_goes_is_counted_not_an_alarm() -> None:
+    from appliance.station.board import health_view
+
+    cry = [(200 - 20 * i, "degraded" if i % 2 else "ok") for i in range(10)]  # 9 changes, 20 s apart
+    flap = flapping_bed(changes=cry, detail="scoring without audio")
+    view = health_view(flap, NOW)
+    assert (view.state, view.changes, view.alarm) == ("degraded", 9, False)
+    assert view.since == NOW - timedelta(seconds=20)
+    row = bed_row(flap, NOW, stale_after_s=30, trend_window_s=300)
+    assert row.cells[6] == "degraded 9x/10m (scoring without audio)" and not row.alarm
+    assert "\x1b[31m" not in render_table([flap], now=NOW, color=True)  # not red: no alarm
+    old = flapping_bed(changes=[(3600 - 20 * i, "degraded" if i % 2 else "ok") for i in range(10)])
+    assert health_view(old, NOW).changes == 0  # changes an hour ago are not counted
+
+
+def test_a_lasting_state_alarms_and_a_short_one_does_not() -> None:
+    from appliance.station.board import HEALTH_ALARM_AFTER_S, health_view
+
+    lasting = flapping_bed(changes=[(600, "ok"), (HEALTH_ALARM_AFTER_S + 5, "no_score")], detail="engines failed")
+    short = flapping_bed(changes=[(600, "ok"), (HEALTH_ALARM_AFTER_S - 5, "no_score")], detail="engines failed")
+    assert health_view(lasting, NOW).alarm and not health_view(short, NOW).alarm
+    assert bed_row(lasting, NOW, stale_after_s=30, trend_window_s=300).cells[6].startswith("NO_SCORE (engines")
+    assert bed_row(short, NOW, stale_after_s=30, trend_window_s=300).cells[6].startswith("no_score (engines")
+    assert "\x1b[31m" in render_table([lasting], now=NOW, color=True)
+    assert "\x1b[31m" not in render_table([short], now=NOW, color=True)
+
+
+def crowded_ward() -> list[BedState]:
+    long_detail = "calibration site-7 active; " + "scoring without audio, vitals (audio: underfilled) " * 4
+    beds = [flapping_bed("isolette-12-west-wing-long", changes=[(900, "ok"), (200, "degraded")], detail=long_detail),
+            BedState("nicu", "4", status="online"), BedState("nicu", "5", status="offline")]
+    beds[1].scores.append(point(6.5, 2))
+    beds[2].scores.append(point(2.0, 400))
+    beds[0].scores.extend([point(1.0, 240), point(3.0, 120), point(6.9, 1)])
+    beds[0].status = "online"
+    return beds
+
+
+@pytest.mark.parametrize("width", [80, 60, 100])
+def test_narrow_layout_fits_the_width(width: int) -> None:
+    beds = crowded_ward()
+    for health in ("short", "full"):
+        text = render_table(beds, now=NOW, layout="narrow", width=width, health=health, title="neopain watch  "
+                            "[NOT CONNECTED: connection refused by 10.20.30.40:8883 (TLS handshake failed)]")
+        lines = text.splitlines()
+        assert max(map(len, lines)) <= width, [x for x in lines if len(x) > width]
+        assert lines[2].split() == ["BED", "NIPS", "T", "AGE", "IN", "HEALTH"]
+    rows = {ln.split()[0]: ln for ln in render_table(beds, now=NOW, layout="narrow", width=width).splitlines()[3:]}
+    assert rows["nicu/4"].split()[1] == "6.5" and "VA." in rows["nicu/4"].split()
+    assert rows["nicu/5"].split()[1] == "stale" and "OFFLINE" in rows["nicu/5"] and "2.0" not in rows["nicu/5"]
+    (long_row,) = [r for k, r in rows.items() if k.startswith("nicu/isol") and k.endswith("…")]  # name cut
+    assert long_row.split()[1:3] == ["6.9", "↑"] and "DEGRADED" in long_row  # degraded for 200 s: an alarm
+    full = render_table(beds, now=NOW, layout="narrow", width=width, health="full")
+    assert " ".join(x.strip() for x in full.splitlines()).count("(audio: underfilled)") == 4  # nothing cut
+
+
+def test_auto_layout_is_wide_when_it_fits() -> None:
+    beds = [bed([point(2.0, 1)], status="online", health={"state": "ok"})]
+    assert render_table(beds, now=NOW, layout="auto", width=200).splitlines()[1].split()[:3] == ["BED", "NIPS", "0-10"]
+    narrow = render_table(beds, now=NOW, layout="auto", width=80).splitlines()
+    assert narrow[2].split()[:3] == ["BED", "NIPS", "T"] and max(map(len, narrow)) <= 80
+    with pytest.raises(ValueError, match="layout.*'tiny'"):
+        render_table(beds, now=NOW, layout="tiny")

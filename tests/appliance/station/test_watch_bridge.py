@@ -8,49 +8,14 @@ import json
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
-import pytest
 
-from appliance import clock
 from appliance.mqtt import messages
-from appliance.mqtt.publisher import ConnectionState, Publisher, PublisherConfig
 from appliance.station import fhir, hl7
 from appliance.station.bridge import Bridge, BridgeService, add_bridge_arguments, run_bridge
 from appliance.station.connection import BrokerOptions
 from appliance.station.watch import add_watch_arguments, run_watch
-
-MODS = {"video": {"used": True, "weight": 0.7}, "audio": {"used": False, "weight": 0.0},
-        "vitals": {"used": True, "weight": 0.3}}
-
-
-@pytest.fixture
-def device(tmp_path: Path) -> Iterator[Callable[..., Publisher]]:
-    """Real appliance publishers (outbox, LWT, status, health) for simulated beds."""
-    made: list[Publisher] = []
-
-    def make(port: int, bed: str, site: str = "nicu") -> Publisher:
-        cfg = PublisherConfig(host="127.0.0.1", port=port, site=site, bed=bed, device_id=f"dev-{bed}",
-                              outbox_path=tmp_path / f"outbox-{site}-{bed}.db", health_interval_s=60,
-                              score_expiry_s=60.0)
-        pub = Publisher(cfg, health_provider=lambda: {"sources": {"camera": True, "monitor": True}})
-        pub.start()
-        assert pub.wait_for(lambda p: p.state is ConnectionState.CONNECTED, 5), pub.last_error
-        made.append(pub)
-        return pub
-
-    yield make
-    for p in made:
-        if p._client is not None:  # noqa: SLF001 - stop only those the test did not stop itself
-            p.stop()
-
-
-def score(pub: Publisher, nips: float, *, ended_ago_s: float = 0.0) -> dict[str, Any]:
-    end = clock.now_ns() - int(ended_ago_s * 1e9)
-    return pub.publish_score(window_start_ns=end - 2_000_000_000, window_end_ns=end, nips=nips, confidence=0.9,
-                             modalities=MODS, model_version="fusion-1.0", calibration_version="cal-1",
-                             latency_ms={"inference": 2.0}, nips_items={"cry": 1})
-
 
 def parse(add: Callable[[argparse.ArgumentParser], None], argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser()
@@ -58,20 +23,11 @@ def parse(add: Callable[[argparse.ArgumentParser], None], argv: list[str]) -> ar
     return p.parse_args(argv)
 
 
-def wait(pred: Callable[[], bool], timeout: float = 8.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
-
-
 # ------------------------------------------------------------------------------------------------- watch
-def test_watch_once_shows_every_bed(broker: Any, device: Any) -> None:
+def test_watch_once_shows_every_bed(broker: Any, device: Any, send_score: Any, wait: Any) -> None:
     bed1, bed2, bed3 = device(broker.port, "1"), device(broker.port, "2"), device(broker.port, "3")
     out = io.StringIO()
-    args = parse(add_watch_arguments, ["--port", str(broker.port), "--once", "2.5", "--stale-after", "30"])
+    args = parse(add_watch_arguments, ["--port", str(broker.port), "--once", "2.5", "--stale-after", "30", "--wide"])
     rc: list[int] = []
     t = threading.Thread(target=lambda: rc.append(run_watch(args, out=out)))
     t.start()
@@ -79,8 +35,8 @@ def test_watch_once_shows_every_bed(broker: Any, device: Any) -> None:
     assert wait(lambda: "neopain/+/+/score" in broker.log_text()), broker.log_text()[-2000:]
     time.sleep(0.1)  # SUBACK on its way back
     for n in (1.0, 2.0, 3.0):
-        score(bed1, n)
-    score(bed2, 6.0, ended_ago_s=120)  # an old window replayed late: must read stale
+        send_score(bed1, n)
+    send_score(bed2, 6.0, ended_ago_s=120)  # an old window replayed late: must read stale
     bed3.stop()  # clean shutdown publishes the retained offline status
     t.join(10)
     assert rc == [0]
@@ -124,7 +80,8 @@ def test_watch_bad_options(tmp_path: Path, capsys: Any) -> None:
 
 # ------------------------------------------------------------------------------------------------ bridge
 def test_bridge_delivers_each_score_once_to_fhir_and_mllp(broker: Any, device: Any, mllp_server: Any,
-                                                          fhir_server: Any, raw_publish: Any) -> None:
+                                                          fhir_server: Any, raw_publish: Any, send_score: Any,
+                                                          wait: Any) -> None:
     mllp_server.drop_first = 1  # the hospital side drops the first connection: the bridge must retry
     bridge = Bridge(fhir_sink=fhir.FhirHttpSink(fhir_server.url, timeout_s=3),
                             mllp=hl7.MllpClient("127.0.0.1", mllp_server.port, timeout_s=3), retry_min_s=0.05)
@@ -132,7 +89,7 @@ def test_bridge_delivers_each_score_once_to_fhir_and_mllp(broker: Any, device: A
     service.start(5)
     try:
         pub = device(broker.port, "4")
-        sent = [score(pub, n) for n in (0.0, 1.5, 3.0, 4.5, 7.0)]
+        sent = [send_score(pub, n) for n in (0.0, 1.5, 3.0, 4.5, 7.0)]
         assert wait(lambda: bridge.stats.delivered == 5), bridge.stats
         # A re-delivered copy (same message id) is recognised and not sent again.
         raw_publish(broker.port, "neopain/nicu/4/score", messages.encode(sent[2]))
@@ -151,7 +108,7 @@ def test_bridge_delivers_each_score_once_to_fhir_and_mllp(broker: Any, device: A
 
 
 def test_bridge_persistent_session_gets_scores_published_while_it_was_down(
-        broker: Any, device: Any, tmp_path: Path) -> None:
+        broker: Any, device: Any, tmp_path: Path, send_score: Any, wait: Any) -> None:
     """With --client-id the broker queues scores for the bridge; the FHIR files appear after it returns."""
     out = tmp_path / "fhir"
     argv = ["--port", str(broker.port), "--client-id", "bridge-test", "--fhir-out", str(out)]
@@ -161,7 +118,7 @@ def test_bridge_persistent_session_gets_scores_published_while_it_was_down(
 
     assert run_for(0.3) == 0  # creates the session and its subscription
     pub = device(broker.port, "5")
-    sent = [score(pub, n) for n in (1.0, 2.0, 3.0)]
+    sent = [send_score(pub, n) for n in (1.0, 2.0, 3.0)]
     assert pub.wait_for(lambda p: p.stats().scores_acked == 3, 5)
     assert not out.exists() or not list(out.iterdir())
     t = threading.Thread(target=run_for, args=(2.0,))
@@ -173,7 +130,7 @@ def test_bridge_persistent_session_gets_scores_published_while_it_was_down(
 
 
 def test_bridge_holds_a_score_until_the_hospital_side_takes_it(broker: Any, device: Any, mllp_server: Any,
-                                                                unused_port: int) -> None:
+                                                                unused_port: int, send_score: Any, wait: Any) -> None:
     """MLLP receiver down: the score is retried, not dropped, and delivered once the receiver is back."""
     client = hl7.MllpClient("127.0.0.1", unused_port, timeout_s=1)
     bridge = Bridge(mllp=client, retry_min_s=0.05, retry_max_s=0.2)
@@ -181,7 +138,7 @@ def test_bridge_holds_a_score_until_the_hospital_side_takes_it(broker: Any, devi
     service.start(5)
     try:
         pub = device(broker.port, "6")
-        sent = score(pub, 2.0)
+        sent = send_score(pub, 2.0)
         assert wait(lambda: bridge.stats.retries >= 3)
         assert bridge.stats.delivered == 0
         client.port = mllp_server.port  # the receiver comes back (at the address the bridge retries)
@@ -199,14 +156,15 @@ def test_bridge_needs_an_output(capsys: Any) -> None:
 
 
 def test_unacknowledged_score_is_redelivered_to_a_restarted_bridge(broker: Any, device: Any, mllp_server: Any,
-                                                                    unused_port: int) -> None:
+                                                                    unused_port: int, send_score: Any,
+                                                                    wait: Any) -> None:
     """The bridge acks the broker only after delivery: stopped mid-retry, the next bridge gets the score."""
     options = BrokerOptions(port=broker.port, client_id="bridge-restart")
     first = Bridge(mllp=hl7.MllpClient("127.0.0.1", unused_port, timeout_s=1), retry_min_s=0.05)
     service = BridgeService(first, options)
     service.start(5)
     pub = device(broker.port, "7")
-    sent = score(pub, 5.0)
+    sent = send_score(pub, 5.0)
     assert wait(lambda: first.stats.retries >= 2)
     service.stop()  # like a crash from the broker's point of view: no PUBACK was sent
     assert first.stats.delivered == 0
@@ -220,7 +178,7 @@ def test_unacknowledged_score_is_redelivered_to_a_restarted_bridge(broker: Any, 
     assert [hl7.parse_segments(m)[0][9] for m in mllp_server.messages()] == [sent["message_id"]]
 
 
-def test_watch_live_mode_redraws_until_interrupted(broker: Any, device: Any) -> None:
+def test_watch_live_mode_redraws_until_interrupted(broker: Any, device: Any, send_score: Any) -> None:
     import signal
     import subprocess
     import sys
@@ -232,7 +190,7 @@ def test_watch_live_mode_redraws_until_interrupted(broker: Any, device: Any) -> 
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[3])
     try:
         for _ in range(12):  # keep scoring while the watcher starts (scores are not retained)
-            score(pub, 2.0)
+            send_score(pub, 2.0)
             time.sleep(0.3)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -302,3 +260,56 @@ def station_free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def test_watch_fits_an_80_column_terminal_and_shows_full_health(broker: Any, device: Any,
+                                                                send_score: Any) -> None:
+    """`neopain watch` in a real pseudo-terminal of 80 columns (its size is all it is told): the narrow table,
+    every line at most 80 characters, and with --health full each bed's whole health text below it."""
+    import fcntl
+    import os
+    import pty
+    import re
+    import select
+    import signal
+    import struct
+    import subprocess
+    import sys
+    import termios
+
+    detail = ("calibration site-2026-11 active; scoring without audio (audio: underfilled: captured samples fill "
+              "70% of the window (need 80%)); 2 engine failures")
+    pubs = [device(broker.port, "isolette-west-12-long-name", health={"state": "degraded", "detail": detail}),
+            device(broker.port, "2", health={"state": "ok"})]
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "watch", "--port", str(broker.port),
+                             "--refresh", "0.2", "--health", "full"], stdout=slave, stderr=subprocess.PIPE,
+                            env=env, cwd=Path(__file__).resolve().parents[3])
+    os.close(slave)
+    screen, frames = b"", []
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            for pub in pubs:  # scores are not retained: keep scoring until the watcher shows them
+                send_score(pub, 5.0)
+            if select.select([master], [], [], 0.3)[0]:
+                screen += os.read(master, 65536)
+            frames = [re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", f).replace("\r", "")
+                      for f in screen.decode("utf-8", "replace").split("\x1b[H\x1b[2J")[1:-1]]
+            if frames and "5.0" in frames[-1] and "nicu/2" in frames[-1] and "health:" in frames[-1]:
+                break
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        os.close(master)
+    assert proc.returncode == 0, err
+    assert frames and "5.0" in frames[-1], screen[-3000:]
+    lines = frames[-1].rstrip("\n").split("\n")
+    assert max(len(line) for line in lines) <= 80, "\n".join(x for x in lines if len(x) > 80)
+    assert lines[2].split() == ["BED", "NIPS", "T", "AGE", "IN", "HEALTH"]  # the narrow layout
+    row = next(i for i, line in enumerate(lines) if line.startswith("nicu/isolette"))
+    assert "…" in lines[row].split()[0] and lines[row].split()[1] == "5.0"
+    full = " ".join(x.strip() for x in lines[row + 1:] if not x.startswith("nicu/"))
+    assert f"health: degraded ({detail})" in full  # the whole text, wrapped, nothing cut
