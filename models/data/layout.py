@@ -49,6 +49,7 @@ VITALS_COLUMNS = ("t_s", "hr_bpm", "spo2_pct", "rr_ms")
 RATING_COLUMNS = ("window_start_s", "window_end_s", "rater_id") + tuple(n for n, _ in NIPS_ITEMS) + ("total",)
 SEXES = ("M", "F", "U")
 PRETERM_WEEKS = 37.0
+GA_RANGE_WEEKS = (20.0, 45.0)  # plausible gestational ages (weeks) in subjects.csv
 # Tolerance when the durations declared in recording.json are compared with the files.
 DURATION_TOLERANCE_S = 1.0
 
@@ -271,8 +272,9 @@ def read_subjects(path: Path) -> dict[str, Subject]:
         if sid in subjects:
             raise DatasetError(path, f"duplicate subject_id {sid!r}", line=line, field="subject_id")
         ga = _float(path, line, "gestational_age_weeks", row["gestational_age_weeks"])
-        if not 20.0 <= ga <= 45.0:
-            raise DatasetError(path, f"{ga} outside 20-45 weeks", line=line, field="gestational_age_weeks")
+        if not GA_RANGE_WEEKS[0] <= ga <= GA_RANGE_WEEKS[1]:
+            raise DatasetError(path, f"{ga} outside {GA_RANGE_WEEKS[0]:g}-{GA_RANGE_WEEKS[1]:g} weeks", line=line,
+                               field="gestational_age_weeks")
         sex = row["sex"].upper()
         if sex not in SEXES:
             raise DatasetError(path, f"{row['sex']!r} not one of {SEXES}", line=line, field="sex")

@@ -28,6 +28,13 @@ from models.features.cry import CryConfig, detect_cry
 
 LOADER_VERSION = 2  # bump when the decoded arrays change meaning: invalidates caches
 FaceCrop = Callable[[np.ndarray], np.ndarray]
+VITALS_WINDOW_S = 30.0  # the vitals of a window: the 30 s ending at its end, as on the device
+MIN_HR_FILL = 0.5  # vitals are valid when at least this share of the expected HR numerics is present
+
+
+def hr_numerics_valid(n_present: int, vitals_window_s: float, numerics_dt_s: float) -> bool:
+    """The vitals validity rule: enough HR numerics in the window (the synthetic cohort marks dropouts by it)."""
+    return n_present >= MIN_HR_FILL * vitals_window_s / numerics_dt_s
 
 
 @dataclass(frozen=True)
@@ -225,7 +232,7 @@ def _decode_recording(recording: Recording, num_frames: int, vitals_window_s: fl
         v0 = w.end_s - vitals_window_s
         sel = (vt > v0) & (vt <= w.end_s)
         n_sel, b_sel = sel & numeric, sel & beats
-        hr_ok = np.isfinite(vit.hr_bpm[n_sel]).sum() >= 0.5 * vitals_window_s / num_dt
+        hr_ok = hr_numerics_valid(int(np.isfinite(vit.hr_bpm[n_sel]).sum()), vitals_window_s, num_dt)
         if ecg is not None:
             e_first = int(round((v0 - off_m - ecg.start_s) * ecg.rate_hz))
             e_seg, _ = _segment(ecg.samples, e_first, int(round(vitals_window_s * ecg.rate_hz)))
@@ -280,7 +287,7 @@ def _cache_key(recording: Recording, num_frames: int, vitals_window_s: float, fa
 # --------------------------------------------------------------------------------------------- API
 
 
-def load_recording_windows(recording: Recording, *, num_frames: int = 16, vitals_window_s: float = 30.0,
+def load_recording_windows(recording: Recording, *, num_frames: int = 16, vitals_window_s: float = VITALS_WINDOW_S,
                            cache_dir: Path | str | None = None, face_crop: FaceCrop | None = None) -> list[Window]:
     """Every rated window of one validated recording, decoded and aligned.
 

@@ -26,6 +26,12 @@ therefore sees less than the bedside rater does:
   same pain, a known finding in neonatal pain research;
 * facial actions fluctuate from frame to frame around the rated behaviour (slow AR(1) noise),
   lighting changes are frequent and large, and the head lies tilted (up to +-20 degrees per recording).
+
+What the camera also sees (``synth_confounders``): the infant's arm waving into the bottom of the frame during
+limb movements (the movements that disturb the pulse oximeter), and, for an intubated infant with the silent
+cry on, the cry face around the tube (mouth open, brow lowered, eyes squeezed) while the microphone hears
+nothing. A second hospital's camera and room (``lighting_level``, ``camera_rotation_deg``, ``camera_distance``)
+change the whole picture, not the infant.
 """
 
 from __future__ import annotations
@@ -34,11 +40,13 @@ import csv
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
 from scipy.signal import lfilter
 
+from models.data.synth_confounders import LimbMove
 from models.data.synth_ratings import PainScenario
 
 # Three skin tone groups in the manner of Fitzpatrick I-II / III-IV / V-VI (BGR, 0-255).
@@ -48,6 +56,8 @@ SKIN_TONES: dict[str, tuple[int, int, int]] = {
     "V-VI": (55, 80, 120),
 }
 FOURCC = {".mp4": "mp4v", ".avi": "MJPG"}
+# The facial action intensity of a silent cry burst (whimper, vigorous): brow, eye squeeze and furrow of a cry face.
+SILENT_CRY_FACE = (0.55, 0.8)
 
 
 @dataclass(frozen=True)
@@ -66,6 +76,17 @@ class VideoOptions:
     facial_noise: float = 0.15  # SD of the slow frame-to-frame fluctuation of facial actions
     noise_sigma: float = 5.0
     head_roll_deg: float = 20.0  # the head's tilt in the image, uniform in +-this per recording (lying on its side)
+    lighting_level: float = 1.0  # the room's light: scales every brightness level (a dim unit < 1, a bright one > 1)
+    camera_rotation_deg: float = 0.0  # the camera's roll against the cot, added to every head tilt
+    camera_distance: float = 1.0  # relative to the face-framed default: 2 shows the face at half the size
+
+    def __post_init__(self) -> None:
+        checks = (("lighting_level", 0.1, 3.0), ("camera_rotation_deg", -180.0, 180.0), ("camera_distance", 0.5, 4.0))
+        for name, lo, hi in checks:
+            value = getattr(self, name)
+            if not lo <= value <= hi:  # NaN fails too
+                raise ValueError(f"VideoOptions.{name} (--{name.replace('_', '-')}) must be between {lo:g} and "
+                                 f"{hi:g}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,9 @@ EYE_Y, EYE_DX = 0.485, 0.115
 BROW_Y = 0.41
 NOSE = (0.5, 0.585)
 MOUTH_Y = 0.675
+# Where a tube taped over the cheeks leaves the mouth: at its (image-left) corner, between a closed mouth's corner
+# (0.455) and a crying one's (0.41), so the mouth opens beside the tube rather than behind it.
+TUBE_CORNER_X = 0.44
 LIGHT = np.array([-0.35, -0.5, 1.0]) / np.linalg.norm([-0.35, -0.5, 1.0])  # from the upper left, towards us
 HAIR_COLORS: tuple[tuple[int, int, int], ...] = ((20, 22, 28), (30, 45, 70), (60, 90, 130))  # BGR black/dark/light
 
@@ -199,9 +223,14 @@ def face_base(size: int, look: FaceLook) -> tuple[np.ndarray, np.ndarray]:
 
 
 def draw_face(size: int, skin: tuple[int, int, int], expr: Expression, *, tube: bool = False,
-              cpap: bool = False, pacifier: bool = False, look: FaceLook | None = None) -> tuple[np.ndarray, np.ndarray]:
+              cpap: bool = False, pacifier: bool = False, look: FaceLook | None = None,
+              tube_taped_cheeks: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Face layer (BGR uint8) and its mask (uint8) at a neutral pose: :func:`face_base` plus the expression
-    (brow bulge, eye squeeze, nasolabial furrow, mouth) and the devices on the face."""
+    (brow bulge, eye squeeze, nasolabial furrow, mouth) and the devices on the face.
+
+    ``tube_taped_cheeks``: the endotracheal tube's tape runs from the mouth corners over the cheeks and the tube
+    leaves at a corner, so the mouth is seen opening beside it (a silent cry); otherwise the tape covers the mouth
+    and the tube leaves from its middle."""
     look = look or FaceLook(skin)
     base, base_mask = face_base(size, look)
     img = base.astype(np.uint8)
@@ -295,9 +324,18 @@ def draw_face(size: int, skin: tuple[int, int, int], expr: Expression, *, tube: 
         cv2.ellipse(img, _p(s, 0.5, 0.6), (int(0.085 * s), int(0.055 * s)), 0, 0, 360, (205, 205, 195), -1, cv2.LINE_AA)
         cv2.ellipse(img, _p(s, 0.5, 0.6), (int(0.085 * s), int(0.055 * s)), 0, 0, 360, (150, 150, 140), th, cv2.LINE_AA)
     if tube:
-        cv2.rectangle(img, _p(s, 0.39, 0.655), _p(s, 0.61, 0.695), (215, 225, 230), -1)  # tape
-        cv2.line(img, _p(s, 0.5, 0.675), _p(s, 0.5, 1.0), (225, 235, 240), 3 * th)
-        cv2.line(mask, _p(s, 0.5, 0.675), _p(s, 0.5, 1.0), 255, 3 * th)
+        # The tube itself leaves the mouth and runs off the chin however it is taped (an intubated face without it
+        # is not one a camera sees): from the middle under tape over the mouth, or from a corner of the mouth when
+        # the tape runs over the cheeks, so that an open mouth shows its dark inside beside the tube.
+        if tube_taped_cheeks:
+            for x0, x1 in ((0.31, 0.405), (0.595, 0.69)):
+                cv2.rectangle(img, _p(s, x0, 0.648), _p(s, x1, 0.672), (215, 225, 230), -1)  # tape beside the mouth
+            exit_x, chin_x = TUBE_CORNER_X, TUBE_CORNER_X - 0.03
+        else:
+            cv2.rectangle(img, _p(s, 0.39, 0.655), _p(s, 0.61, 0.695), (215, 225, 230), -1)  # tape
+            exit_x = chin_x = 0.5
+        cv2.line(img, _p(s, exit_x, MOUTH_Y), _p(s, chin_x, 1.0), (225, 235, 240), 3 * th)
+        cv2.line(mask, _p(s, exit_x, MOUTH_Y), _p(s, chin_x, 1.0), 255, 3 * th)
     if pacifier:
         cv2.circle(img, _p(s, 0.5, 0.685), int(0.07 * s), (230, 180, 120), -1, cv2.LINE_AA)
         cv2.circle(img, _p(s, 0.5, 0.685), int(0.026 * s), (250, 240, 230), -1, cv2.LINE_AA)
@@ -345,20 +383,63 @@ def draw_background(size: int, rng: np.random.Generator) -> np.ndarray:
     return bg * (1 - under_chin[..., None]) + cloth * under_chin[..., None]
 
 
-def draw_hand(frame: np.ndarray, cx: float, cy: float, skin: tuple[int, int, int]) -> np.ndarray:
-    """The infant's own hand over the face at (cx, cy): a shaded palm with four fingers, in place."""
+def draw_hand(frame: np.ndarray, cx: float, cy: float, skin: tuple[int, int, int], scale: float = 1.0) -> np.ndarray:
+    """The infant's own hand over the face at (cx, cy): a shaded palm with four fingers, in place (``scale``: its
+    size relative to a face-framed camera's)."""
     s = frame.shape[0]
     layer = np.zeros((s, s), np.uint8)
-    cv2.ellipse(layer, _p(s, cx, cy), (int(0.13 * s), int(0.11 * s)), 30, 0, 360, 255, -1, cv2.LINE_AA)
+    cv2.ellipse(layer, _p(s, cx, cy), (int(0.13 * scale * s), int(0.11 * scale * s)), 30, 0, 360, 255, -1, cv2.LINE_AA)
     for k in range(4):
         a = np.deg2rad(-60 + 22 * k)
-        tip = (cx + 0.2 * np.cos(a), cy + 0.2 * np.sin(a))
-        cv2.line(layer, _p(s, cx, cy), _p(s, *tip), 255, max(2, int(0.045 * s)), cv2.LINE_AA)
+        tip = (cx + 0.2 * scale * np.cos(a), cy + 0.2 * scale * np.sin(a))
+        cv2.line(layer, _p(s, cx, cy), _p(s, *tip), 255, max(2, int(0.045 * scale * s)), cv2.LINE_AA)
     alpha = layer.astype(np.float32)[..., None] * np.float32(1 / 255)
     yy = np.linspace(1.1, 0.85, s, dtype=np.float32)[:, None, None]  # lit from above
     hand = np.array(skin, np.float32) * 1.05 * yy
     frame *= 1 - alpha
     frame += hand * alpha
+    return frame
+
+
+# The arm during a limb movement, in fractions of a face-framed frame: its hand waves around a point near a bottom
+# corner (clear of the face), by this much, and the forearm comes up from below the frame.
+LIMB_HAND = (0.13, 0.86)  # left side; mirrored for the right
+LIMB_SWING = (0.08, 0.06)
+
+
+def limb_position(move: LimbMove, t: float) -> tuple[float, float]:
+    """Where the waving hand of ``move`` is at time ``t`` (frame fractions, before the camera's transform)."""
+    phase = 2 * np.pi * move.freq_hz * (t - move.start_s) + move.phase
+    return (0.5 + move.side * (LIMB_HAND[0] - 0.5) + LIMB_SWING[0] * np.sin(phase),
+            LIMB_HAND[1] + LIMB_SWING[1] * np.cos(phase))
+
+
+def draw_limb(frame: np.ndarray, hand: tuple[float, float], side: int, skin: tuple[int, int, int],
+              camera: np.ndarray) -> np.ndarray:
+    """The infant's forearm and hand at ``hand`` (frame fractions), seen through ``camera`` (2x3 affine in pixels:
+    the camera's rotation and distance), in place on the float frame: a shaded rim, then the lit skin."""
+    s = frame.shape[0]
+    scale = float(np.hypot(camera[0, 0], camera[0, 1]))
+
+    def px(x: float, y: float) -> tuple[int, int]:
+        u, v = camera @ np.array([x * s, y * s, 1.0])
+        return int(round(u)), int(round(v))
+
+    def width(w: float, extra: int) -> int:
+        return max(1, int(w * scale * s)) + extra
+
+    cx, cy = hand
+    shade = np.linspace(1.05, 0.8, s, dtype=np.float32)[:, None, None]  # lit from above
+    for extra, colour in ((2, np.array(skin, np.float32) * 0.6), (0, np.array(skin, np.float32))):
+        layer = np.zeros((s, s), np.uint8)
+        cv2.line(layer, px(cx - side * 0.1, 1.15), px(cx, cy + 0.02), 255, width(0.07, 2 * extra), cv2.LINE_AA)
+        cv2.ellipse(layer, px(cx, cy), (width(0.055, extra), width(0.045, extra)), 0, 0, 360, 255, -1, cv2.LINE_AA)
+        for k in range(4):
+            base = (cx + side * (0.02 * k - 0.03), cy)
+            cv2.line(layer, px(*base), px(base[0], cy - 0.075), 255, width(0.02, extra), cv2.LINE_AA)
+        alpha = layer.astype(np.float32)[..., None] * np.float32(1 / 255)
+        frame *= 1 - alpha
+        frame += colour * shade * alpha
     return frame
 
 
@@ -389,12 +470,14 @@ def _in_any(t: float, spans: list[tuple[float, float]]) -> bool:
 
 def render_video(path: Path, scenario: PainScenario, rng: np.random.Generator, *, skin_tone: str,
                  intubated: bool, start_s: float, duration_s: float, cry_bursts: list[tuple[float, float, int]],
-                 options: VideoOptions, preterm: bool = False) -> np.ndarray:
+                 options: VideoOptions, preterm: bool = False, limb_moves: Sequence[LimbMove] = (),
+                 silent_cry: bool = False) -> np.ndarray:
     """Write the video covering recording time [start_s, start_s + duration_s); return per-frame visibility.
 
     Frame k shows recording time ``start_s + k / fps`` (so the clock offset of the video is start_s).
     A frame is not visible when a hand covers the face or three of the four facial action regions are
-    hidden (see :func:`hidden_regions`).
+    hidden (see :func:`hidden_regions`). ``limb_moves``: when the arm waves into view. ``silent_cry``: an
+    intubated infant's cry bursts show as a cry face around the tube.
     """
     size, fps = options.size, options.fps
     n = int(round(duration_s * fps))
@@ -430,6 +513,11 @@ def render_video(path: Path, scenario: PainScenario, rng: np.random.Generator, *
     # A small bank of sensor-noise frames drawn once: per-frame noise at full cost dominated rendering.
     noise_bank = rng.normal(0, options.noise_sigma, size=(8, size, size, 3)).astype(np.float32)
     hand_centres: dict[tuple[float, float], tuple[float, float]] = {}
+    # The camera: its roll against the cot and its distance (a farther camera shows a smaller face).
+    zoom = 1.0 / options.camera_distance
+    camera = cv2.getRotationMatrix2D((size / 2, size / 2), options.camera_rotation_deg, zoom)
+    silent = intubated and silent_cry
+    move_arr = np.array([(m.start_s, m.end_s) for m in limb_moves], dtype=np.float64).reshape(-1, 2)
 
     visible = np.ones(n, dtype=bool)
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*FOURCC[options.container]), fps, (size, size))
@@ -446,17 +534,21 @@ def render_video(path: Path, scenario: PainScenario, rng: np.random.Generator, *
             cry = int(items[1])
             if len(in_burst):
                 mouth = 0.85 if in_burst[0, 2] >= 2 else 0.45
+                if silent:  # the silent cry the raters score: the whole cry face, seen around the tube
+                    facial = max(facial, SILENT_CRY_FACE[int(in_burst[0, 2] >= 2)])
             else:  # between phonations (or silent cry when intubated) the mouth stays partly open
                 mouth = 0.3 * cry + 0.15 * facial
             expr = Expression(brow=facial, squeeze=facial if facial > 0.3 else 0.0, furrow=facial, mouth=mouth,
                               eyes_open=float(items[5]))
             pacifier = _in_any(t, pacifier_spans) and cry == 0
-            face, mask = draw_face(size, skin, expr, tube=intubated, cpap=cpap, pacifier=pacifier, look=look)
+            face, mask = draw_face(size, skin, expr, tube=intubated, cpap=cpap, pacifier=pacifier, look=look,
+                                   tube_taped_cheeks=silent)
             if hidden_regions(tube=intubated, cpap=cpap, pacifier=pacifier) >= 3:
                 visible[k] = False
             agitation = 0.5 + 0.5 * max(items[3], items[4], items[5])
-            m = cv2.getRotationMatrix2D((size / 2, size / 2), roll + float(ang[k] * agitation), 1.0)
-            m[:, 2] += (dx[k] * agitation * size, dy[k] * agitation * size)
+            m = cv2.getRotationMatrix2D((size / 2, size / 2), roll + options.camera_rotation_deg
+                                        + float(ang[k] * agitation), zoom)
+            m[:, 2] += (dx[k] * agitation * size * zoom, dy[k] * agitation * size * zoom)
             face = cv2.warpAffine(face, m, (size, size))
             mask = cv2.warpAffine(mask, m, (size, size)).astype(np.float32)[..., None] * np.float32(1 / 255)
             frame = background * (1 - mask) + face.astype(np.float32) * mask
@@ -465,9 +557,14 @@ def render_video(path: Path, scenario: PainScenario, rng: np.random.Generator, *
             hand = next(((a, b) for a, b in hand_spans if a <= t < b), None)
             if hand is not None:
                 cx, cy = hand_centres.setdefault(hand, (float(rng.uniform(0.3, 0.7)), float(rng.uniform(0.35, 0.75))))
-                frame = draw_hand(frame, cx, cy, skin)
+                u, v = camera @ np.array([cx * size, cy * size, 1.0])
+                frame = draw_hand(frame, float(u) / size, float(v) / size, skin, zoom)
                 visible[k] = False
-            level = light_levels[int(np.searchsorted(light_times, t, side="right")) - 1]
+            moving = np.flatnonzero((move_arr[:, 0] <= t) & (t < move_arr[:, 1]))
+            if moving.size:
+                move = limb_moves[int(moving[0])]
+                frame = draw_limb(frame, limb_position(move, t), move.side, skin, camera)
+            level = light_levels[int(np.searchsorted(light_times, t, side="right")) - 1] * options.lighting_level
             frame = frame * np.float32(level) + noise_bank[int(rng.integers(len(noise_bank)))]
             writer.write(np.clip(frame, 0, 255, out=frame).astype(np.uint8))
     finally:
