@@ -4,7 +4,8 @@ Why this wrapper lives in appliance/: ``models.engines.build`` builds TensorRT e
 knows nothing about the appliance (models/ is the bottom layer). The device's
 ``neopain-engines.service`` runs ``neopain build-engines --config /etc/neopain/appliance.toml``: this module
 reads ``scoring.model_dir``, ``engine_cache_dir``, ``model_config``, ``backends`` and ``precision`` from that
-file (flags override the folders and the precision), refuses a model of another size, and builds nothing
+file (flags override the folders and the precision), refuses a model of another size than a pinned
+``scoring.model_config`` (``auto``, the default, takes the manifest's), and builds nothing
 when TensorRT is not among the configured backends (it only verifies the exported parts then).
 """
 from __future__ import annotations
@@ -36,10 +37,9 @@ def run_build_engines(args: argparse.Namespace) -> int:
             args.cache_dir = args.cache_dir or scoring.engine_cache_dir
             args.precision = args.precision or scoring.precision
             manifest = read_manifest(args.model_dir)
-            if manifest.config_name != scoring.model_config:
-                raise EngineError(
-                    f"{args.config}: scoring.model_config is {scoring.model_config!r} but {args.model_dir} holds a "
-                    f"{manifest.config_name!r} model ({manifest.model_version})")
+            refusal = scoring.model_size_refusal(manifest.config_name)
+            if refusal:
+                raise EngineError(f"{args.config}: {refusal} ({manifest.model_version})")
             if "tensorrt" not in scoring.backends:
                 for name in manifest.parts:
                     verify_part(args.model_dir, manifest, name)

@@ -54,6 +54,7 @@ EXIT_CONFIG = 2
 EXIT_ENGINES = 3
 
 STATUS_INTERVAL_S = 5.0
+MANIFEST_CARD_KEY = "manifest.json#model_card"  # where the card is when its files were not copied beside it
 SOURCE_CHECK_S = 1.0  # how often a source going down / coming back is looked for (and journalled)
 
 
@@ -66,6 +67,7 @@ class Daemon:
         self.stop_requested = threading.Event()
         self.publisher: Any = None
         self.engines: Any = None
+        self.model: dict[str, Any] | None = None  # health's ``model`` block, once the engines are loaded
         self.graph: wiring.ScoringGraph | None = None  # the stages from the sensors to the publisher
         self.sources: Any = None  # appliance.sources.bed.BedSources, once opened
         self.calibration: CalibrationStage | None = None
@@ -81,6 +83,8 @@ class Daemon:
                                   "fps": self.sources.fps() if self.sources else {}}
         if self.sources:  # driver threads that died and were restarted (supervised): a crash loop shows here
             fields["source_restarts"] = self.sources.restarts()
+        if self.model is not None:
+            fields["model"] = self.model
         if self.pipeline is not None:
             fields.update(self.pipeline.health_fields())
         else:
@@ -203,8 +207,9 @@ class Daemon:
         self.pipeline.start()
         service.ready(f"scoring every {cfg.scoring.cadence_s:g} s with {self.engines.backend}"
                       + (f"; waiting for {', '.join(missing)}" if missing else ""))
-        log.info("ready: model %s on %s, calibration %s, sources %s", self.engines.model_version,
-                 self.engines.backend, self.calibration.current.version, self.sources.opened())
+        log.info("ready: model %s on %s, model card %s, calibration %s, sources %s", self.engines.model_version,
+                 self.engines.backend, self.model["card"]["version"] if self.model and self.model["card"] else "none",
+                 self.calibration.current.version, self.sources.opened())
         was_up = self.sources.up()
         next_status = time.monotonic() + STATUS_INTERVAL_S
         while not self.stop_requested.wait(SOURCE_CHECK_S):
@@ -233,17 +238,21 @@ class Daemon:
         return now_up
 
     def _open_engines(self) -> tuple[Any, Any]:
-        from models.configs import get_config
         from models.engines.select import open_scoring_engines
 
         s = self.config.scoring
         engines = open_scoring_engines(s.model_dir, order=tuple(s.backends), cache_dir=s.engine_cache_dir,
                                        precision=s.precision)
-        model_cfg = getattr(engines, "config", None) or get_config(s.model_config)
-        if model_cfg.name != s.model_config:
+        model_cfg = engines.config  # the manifest's: the network size comes from the model itself
+        refusal = s.model_size_refusal(model_cfg.name)
+        if refusal:
             engines.close()
-            raise RuntimeError(f"scoring.model_config is {s.model_config!r} but {s.model_dir} holds a "
-                               f"{model_cfg.name!r} model")
+            raise RuntimeError(refusal)
+        self.model = model_health(engines, s.model_dir)
+        card = self.model["card"]
+        log.info("model %s (%s) from %s; %s", self.model["version"], self.model["config"], s.model_dir,
+                 f"model card {card['path']}: {card['summary']}" if card else "no model card (an export of a "
+                 "checkpoint without model_card.json)")
         self._warm_up(engines, model_cfg)
         return engines, model_cfg
 
@@ -286,6 +295,20 @@ class Daemon:
         if self.instance_lock is not None:
             self.instance_lock.release()
         log.info("stopped")
+
+
+def model_health(engines: Any, model_dir: str | Path) -> dict[str, Any]:
+    """Health's ``model`` block: the version scores carry, the network size, and the model card the export
+    carries (its version, the card file on the device, a one-line summary), or None (docs/mqtt.md)."""
+    from appliance.mqtt.messages import MODEL_SUMMARY_MAX
+    from models.card import CARD_JSON, CARD_MARKDOWN, summary
+
+    card = engines.manifest.model_card
+    if card is not None:
+        path = next((Path(model_dir) / n for n in (CARD_MARKDOWN, CARD_JSON) if (Path(model_dir) / n).is_file()),
+                    Path(model_dir) / MANIFEST_CARD_KEY)
+        card = {"version": card["model_version"], "path": str(path), "summary": summary(card)[:MODEL_SUMMARY_MAX]}
+    return {"version": engines.model_version, "config": engines.config.name, "card": card}
 
 
 # ------------------------------------------------------------------------------------------------- CLI glue

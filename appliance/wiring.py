@@ -29,6 +29,7 @@ from appliance.mqtt.publisher import PublisherConfig
 from appliance.scoring.buffers import FaceSample, ModalityBuffers, VitalsSample, extend_rr
 from appliance.scoring.calibration_stage import CalibrationStage
 from appliance.scoring.pipeline import PipelineConfig, ScoringPipeline
+from appliance.scoring.presence_debounce import DebounceConfig
 from appliance.scoring.quality import QualityConfig
 from appliance.scoring.windows import WindowBuilder, WindowConfig
 from appliance.sources.bed import BedSources, MonitorConfig, Sinks, SourceSettings
@@ -78,7 +79,10 @@ def pipeline_config(config: Config) -> PipelineConfig:
     """Cadence, the quality gate and (with ``[debug] save_raw_media``) the device-local folder for scored
     windows."""
     raw_dir = Path(config.outbox.path).parent / RAW_MEDIA_DIR_NAME if config.debug.save_raw_media else None
-    return PipelineConfig(cadence_s=config.scoring.cadence_s, quality=quality_config(config), raw_media_dir=raw_dir)
+    s = config.scoring
+    return PipelineConfig(cadence_s=s.cadence_s, quality=quality_config(config), raw_media_dir=raw_dir,
+                          presence=DebounceConfig(lost_after_s=s.modality_lost_after_s,
+                                                  back_after_s=s.modality_back_after_s))
 
 
 def publisher_config(config: Config) -> PublisherConfig:

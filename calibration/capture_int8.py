@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from appliance.config import DEFAULT_CONFIG_PATH, Config, ConfigError, load_config
+from appliance.config import DEFAULT_CONFIG_PATH, MODEL_CONFIG_AUTO, Config, ConfigError, load_config
 from calibration.commission.files import private_dir
 
 EXIT_OK = 0
@@ -56,16 +56,20 @@ def required_modalities(config: Config) -> tuple[str, ...]:
 
 def model_config_for(config: Config) -> Any:
     """The model the engines will be built for: the exported manifest's config when ``scoring.model_dir``
-    holds one (it must match ``scoring.model_config``), else ``scoring.model_config`` by name."""
+    holds one (a pinned ``scoring.model_config`` must match it), else ``scoring.model_config`` by name."""
     from models.configs import get_config
     from models.manifest import read_manifest
 
     s = config.scoring
     if (Path(s.model_dir) / "manifest.json").is_file():
         cfg = read_manifest(s.model_dir).model_config()
-        if cfg.name != s.model_config:
-            raise ConfigError(f"{s.model_dir} holds a {cfg.name!r} model", key="scoring.model_config")
+        refusal = s.model_size_refusal(cfg.name)
+        if refusal:
+            raise ConfigError(refusal, key="scoring.model_config")
         return cfg
+    if s.model_config == MODEL_CONFIG_AUTO:
+        raise ConfigError(f"{s.model_dir} holds no exported model (manifest.json) to take the network size from; "
+                          "export one there or pin scoring.model_config", key="scoring.model_dir")
     return get_config(s.model_config)
 
 

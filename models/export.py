@@ -27,6 +27,7 @@ three outputs, ``output`` for one).
 from __future__ import annotations
 
 import contextlib
+import re
 import warnings
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
@@ -205,7 +206,7 @@ def save_estimator(model: nn.Module, cfg: "ModelConfig", path: str | Path, versi
 
 
 def load_estimator_checkpoint(path: str | Path) -> tuple[nn.Module, "ModelConfig"]:  # noqa: F821
-    """A PainEstimator (eval mode) and its config from ``estimator.pt`` or a ``models/train.py`` checkpoint.
+    """A PainEstimator (eval mode) and its config from ``estimator.pt`` or a training checkpoint (``models/training``).
 
     A training checkpoint must be of kind ``fusion`` (the baselines are comparisons, not what the device
     runs). Errors name the file and the missing/offending key.
@@ -266,12 +267,17 @@ def export_model_dir(
     opset: int = 17,
     tolerance: float = PARITY_TOLERANCE,
     progress: bool = True,
+    card_path: str | Path | None = None,
+    checkpoint_path: str | Path | None = None,
 ) -> "Manifest":  # noqa: F821
     """Export the four parts of ``model`` to ``out_dir`` with estimator.pt and manifest.json.
 
     Every part is checked against PyTorch on ONNX Runtime at batch 1 and 3 and the four ONNX files run
     in sequence are checked against the whole estimator; any error above ``tolerance`` raises
     :class:`ExportError` and no manifest is written (a device refuses a directory without one).
+    ``card_path`` (the ``model_card.json`` of ``neopain train --final``, describing ``checkpoint_path``): the
+    card goes into the manifest, and it and its Markdown twin are copied beside the parts as ``model_card.json``
+    and ``model_card.md`` (see :func:`check_card`).
     """
     from tqdm import tqdm
 
@@ -284,6 +290,8 @@ def export_model_dir(
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)  # never leave an old manifest beside new files
     model.eval()
+    version = model_version(model, cfg.name)
+    card = check_card(card_path, version, cfg.name, checkpoint_path) if card_path is not None else None
     parts = split_estimator(model)
     example = part_inputs(parts, example_inputs(cfg, batch=2, seed=7))
     checks = [part_inputs(parts, x) for x in _parity_batches(cfg)]
@@ -306,8 +314,8 @@ def export_model_dir(
     end_to_end = _end_to_end_parity(model, out, infos, _parity_batches(cfg))
     if not end_to_end < tolerance:
         raise ExportError(f"the four ONNX parts in sequence differ from the estimator by {end_to_end:.3g} (limit {tolerance:g})")
-    version = model_version(model, cfg.name)
     save_estimator(model, cfg, out / "estimator.pt", version)
+    _copy_card(card_path, out)
     import onnx as _onnx
     import onnxruntime as _ort
 
@@ -321,9 +329,65 @@ def export_model_dir(
         end_to_end_parity_max_abs_error=end_to_end,
         exporter={"torch": torch.__version__, "onnx": _onnx.__version__, "onnxruntime": _ort.__version__,
                   "exporter": "torch.onnx legacy (TorchScript)"},
+        model_card=card,
     )
     write_manifest(out, manifest)
     return manifest
+
+
+_WEIGHTS_VERSION = re.compile(r"^neopain-(?P<config>[A-Za-z0-9_]+)-(?P<hash>[0-9a-f]{12})$")
+
+
+def check_card(card_path: str | Path, version: str, config_name: str, checkpoint: str | Path | None = None) -> dict:
+    """The model card to carry, after checking that it describes these weights.
+
+    Refused: a card of another kind than ``fusion`` or another network size; one whose ``checkpoint_sha256``
+    is not the checkpoint file's (a card left beside a replaced checkpoint; checked when the card's
+    ``checkpoint`` names this file, so an exported directory's ``estimator.pt`` re-exports with the card it
+    carried); one whose ``model_version`` has
+    the weights-hash form (``neopain-<config>-<12 hex>``, :func:`model_version`) but names other weights. Any
+    other version is the trainer's own name (``fusion-<12 hex of the checkpoint file>``) and is carried as it
+    is, beside the manifest's weights version.
+    """
+    from models.card import CardError, read_card
+    from models.engines.cache import sha256_file
+
+    try:
+        card = read_card(card_path)
+    except CardError as exc:
+        raise ExportError(str(exc)) from None
+    kind = card.get("model_kind", "fusion")
+    if kind != "fusion":
+        raise ExportError(f"model card {card_path}: model_kind is {kind!r}; only the 'fusion' estimator is exported")
+    size = card.get("model_config")
+    size = size.get("name") if isinstance(size, dict) else size
+    if size is not None and size != config_name:
+        raise ExportError(f"model card {card_path}: model_config {size!r} but the checkpoint holds {config_name!r}")
+    recorded = card.get("checkpoint_sha256")
+    names_this_file = checkpoint is not None and card.get("checkpoint", Path(checkpoint).name) == Path(checkpoint).name
+    if names_this_file and isinstance(recorded, str) and recorded != (actual := sha256_file(checkpoint)):
+        raise ExportError(f"model card {card_path}: checkpoint_sha256 {recorded[:12]}... but {checkpoint} is "
+                          f"{actual[:12]}...: the card describes another checkpoint file")
+    match = _WEIGHTS_VERSION.match(card["model_version"])
+    if match and card["model_version"] != version:
+        raise ExportError(f"model card {card_path}: model_version {card['model_version']!r} but the checkpoint's "
+                          f"weights are {version!r}: the card describes another model")
+    return card
+
+
+def _copy_card(card_path: str | Path | None, out: Path) -> None:
+    """The card's JSON and (when present) Markdown into the model directory; stale copies removed."""
+    import shutil
+
+    from models.card import CARD_JSON, CARD_MARKDOWN, card_markdown_path
+
+    for name in (CARD_JSON, CARD_MARKDOWN):
+        (out / name).unlink(missing_ok=True)
+    if card_path is None:
+        return
+    shutil.copyfile(card_path, out / CARD_JSON)
+    if card_markdown_path(card_path).is_file():
+        shutil.copyfile(card_markdown_path(card_path), out / CARD_MARKDOWN)
 
 
 def _end_to_end_parity(model: nn.Module, out: Path, infos: Mapping, batches: Sequence[Mapping[str, torch.Tensor]]) -> float:
@@ -347,7 +411,8 @@ def _end_to_end_parity(model: nn.Module, out: Path, infos: Mapping, batches: Seq
 def add_export_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
     """Arguments of ``neopain export``."""
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--checkpoint", help="training checkpoint (kind 'fusion', from `neopain train`) or estimator.pt")
+    source.add_argument("--checkpoint", help="training checkpoint (kind 'fusion', from `neopain train`; "
+                        "RUN/final/fusion.pt carries the model_card.json beside it into the manifest) or estimator.pt")
     source.add_argument("--random", action="store_true", help="random weights (for benchmarks and tests)")
     parser.add_argument("--config", choices=["tiny", "full"], help="network size; required with --random "
                         "(a checkpoint carries its own, and must match if given)")
@@ -405,11 +470,19 @@ def run_export(args: "argparse.Namespace") -> int:  # noqa: F821
             model, cfg = load_estimator_checkpoint(args.checkpoint)
             if args.config and args.config != cfg.name:
                 raise ExportError(f"--config {args.config} but checkpoint {args.checkpoint} holds config {cfg.name!r}")
-        manifest = export_model_dir(model, cfg, args.out, opset=args.opset, progress=not args.quiet)
+        from models.card import card_beside
+
+        card_path = None if args.random else card_beside(args.checkpoint)
+        manifest = export_model_dir(model, cfg, args.out, opset=args.opset, progress=not args.quiet,
+                                    card_path=card_path, checkpoint_path=None if args.random else args.checkpoint)
     except ExportError as exc:
         print(f"neopain export: error: {exc}", file=sys.stderr)
         return 1
     print(f"exported {manifest.model_version} to {args.out}")
+    if manifest.model_card is not None:
+        from models.card import summary
+
+        print(f"  model card: {summary(manifest.model_card)}")
     for name, part in manifest.parts.items():
         print(f"  {name:15s} {part.onnx:20s} parity max abs error {part.parity_max_abs_error:.2e}")
     print(f"  end-to-end parity max abs error {manifest.end_to_end_parity_max_abs_error:.2e}")

@@ -13,7 +13,10 @@ expect, or whether they were damaged on the way to the device. The manifest reco
   (:func:`check_preprocessing`), so a device never feeds a model features it was not trained on;
 * optionally (``neopain export --int8``), the INT8 parts (:class:`Int8Info`): one QDQ graph per part beside
   the FP32 one, the calibration set's hash and the accuracy check that let it in (:mod:`models.quantize`).
-  A part the quantizer could not handle is listed with the reason and runs in float.
+  A part the quantizer could not handle is listed with the reason and runs in float;
+* optionally (an export of ``neopain train --final``'s model), the model card (``model_card``: what the model
+  was trained on and how well it did in cross-validation, :mod:`models.card`), whose ``model_card.json`` and
+  ``model_card.md`` are copied beside the parts. The daemon names it in health and in its start log line.
 """
 
 from __future__ import annotations
@@ -114,6 +117,7 @@ class Manifest:
     end_to_end_parity_max_abs_error: float
     exporter: dict[str, str] = field(default_factory=dict)
     int8: Int8Info | None = None  # present after `neopain export --int8` passed its accuracy check
+    model_card: dict[str, Any] | None = None  # the card of the checkpoint it was exported from (models/card.py)
 
     def model_config(self) -> ModelConfig:
         return ModelConfig.from_dict(self.config)
@@ -130,6 +134,7 @@ class Manifest:
             "end_to_end_parity_max_abs_error": self.end_to_end_parity_max_abs_error,
             "exporter": self.exporter,
             **({"int8": self.int8.to_dict()} if self.int8 is not None else {}),
+            **({"model_card": self.model_card} if self.model_card is not None else {}),
         }
 
 
@@ -253,6 +258,13 @@ def _int8(data: Any, where: str, part_names: set[str]) -> Int8Info:
     return Int8Info(parts, _get(data, "calibration", dict, where), accuracy, dict(data.get("quantizer", {})))
 
 
+def _model_card(data: Any, where: str) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise ManifestError(f"{where} must be an object")
+    _get(data, "model_version", str, where)
+    return data
+
+
 def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
     """Validate and build a :class:`Manifest`; errors name the offending key."""
     if not isinstance(data, dict):
@@ -282,6 +294,7 @@ def manifest_from_dict(data: Any, where: str = MANIFEST_NAME) -> Manifest:
         end_to_end_parity_max_abs_error=float(_get(data, "end_to_end_parity_max_abs_error", (int, float), where)),
         exporter=dict(data.get("exporter", {})),
         int8=_int8(data["int8"], f"{where}: int8", set(parts)) if data.get("int8") is not None else None,
+        model_card=_model_card(data["model_card"], f"{where}: model_card") if data.get("model_card") is not None else None,
     )
     try:
         manifest.model_config()

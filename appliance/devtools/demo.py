@@ -6,7 +6,8 @@ infant through the real camera/ALSA/serial paths, the daemon started exactly as 
 (a subprocess ``python -m appliance.daemon --config ...``, CPU backends), and a subscriber printing every
 score as it arrives.
 
-The model: a tiny fusion model trained briefly on a small synthetic cohort and exported to a model
+The model: a tiny fusion model trained briefly on a small synthetic cohort (as ``neopain train --final``: with
+a model card, which health then names) and exported to a model
 directory, cached under ``~/.cache/neopain/demo/model-faces2`` (or ``<workdir>/model-faces2`` when the home
 cache is not writable) so only the first run pays for it (a few minutes on 2 CPU cores; progress is shown). Its scores
 are demonstrations of the pipeline, not clinical estimates.
@@ -71,15 +72,17 @@ def _model_target(workdir: Path) -> Path:
 
 def build_demo_model(workdir: Path, *, infants: int = 12, minutes: float = 1.0, epochs: int = 15,
                      seed: int = 0) -> Path:
-    """Synthesise a small cohort, train the tiny fusion model briefly, export it; returns the model dir."""
+    """Synthesise a small cohort, train the tiny fusion model as ``neopain train --final`` does (all infants, a
+    model card beside it), export it with its card; returns the model dir."""
     import torch
 
+    from models.card import card_beside
     from models.configs import tiny_config
     from models.data.synth import SynthOptions, synth_cohort
-    from models.export import export_model_dir
-    from models.train import TrainConfig, prepare_samples, train_model
+    from models.export import export_model_dir, load_estimator_checkpoint
+    from models.training import TrainConfig
+    from models.training.command import run_training
 
-    cfg = tiny_config()
     work = workdir / f"training-{FACES}"
     cohort = work / "cohort"
     if not (cohort / "subjects.csv").is_file():
@@ -87,17 +90,18 @@ def build_demo_model(workdir: Path, *, infants: int = 12, minutes: float = 1.0, 
         options = SynthOptions(minutes=minutes)
         options = dataclasses.replace(options, video=dataclasses.replace(options.video, size=64, fps=8.0))
         synth_cohort(cohort, infants, seed, options, progress=True, overwrite=True)
-    _say("2/3 pre-processing windows and training the tiny fusion model "
-         f"({epochs} epochs on the CPU)")
-    samples = prepare_samples(cohort, work, cfg, progress=True)
+    _say("2/3 pre-processing windows and training the tiny fusion model on every infant "
+         f"({epochs} epochs on the CPU, like `neopain train --final`)")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    model = train_model("fusion", cfg, samples, TrainConfig(epochs=epochs, batch_size=16, seed=seed, device="cpu"),
-                        checkpoint=work / "fusion.pt", desc="training")
+    run_training(cohort, work, tiny_config(), TrainConfig(epochs=epochs, batch_size=16, folds=0, seed=seed,
+                                                          device="cpu"), ["fusion"], final=True)
+    checkpoint = work / "final" / "fusion.pt"
+    model, cfg = load_estimator_checkpoint(checkpoint)
     target = _model_target(workdir)
-    _say(f"3/3 exporting to {target} (four ONNX parts, parity-checked)")
+    _say(f"3/3 exporting to {target} (four ONNX parts, parity-checked, with the model card)")
     tmp = target.with_name(target.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    export_model_dir(model.eval(), cfg, tmp, progress=True)
+    export_model_dir(model, cfg, tmp, progress=True, card_path=card_beside(checkpoint), checkpoint_path=checkpoint)
     shutil.rmtree(target, ignore_errors=True)
     tmp.rename(target)
     return target
@@ -180,6 +184,12 @@ def subscribe(port: int, prefix: str, out: Any = sys.stdout, on_score: Any = Non
                     state["health"] = key
                     print(f"[health] {h['state']}" + (f": {h['detail']}" if h.get("detail") else "")
                           + f"  sources {h['sources']}  backend {h['engine_backend']}", file=out, flush=True)
+                model = h.get("model")
+                if model and model != state.get("model"):
+                    state["model"] = model
+                    card = model["card"]
+                    print(f"[health] model {model['version']} ({model['config']}); "
+                          + (f"card {card['path']}: {card['summary']}" if card else "no model card"), file=out, flush=True)
             else:
                 print(f"[status] {msg.payload.decode(errors='replace')}", file=out, flush=True)
         except (ValueError, KeyError) as exc:
@@ -201,7 +211,8 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("out/demo"),
                         help="where the bed, broker, daemon config and logs go (default: ./out/demo)")
     parser.add_argument("--model-dir", type=Path, default=None,
-                        help="an exported model directory to use instead of the cached demo model")
+                        help="any exported model directory (`neopain export`; tiny or full: the daemon takes the "
+                        "network size from its manifest) to use instead of the cached demo model")
     parser.add_argument("--retrain", action="store_true", help="train and export the demo model again")
     parser.add_argument("--cadence", type=float, default=2.0, help="seconds between scores (default: 2)")
     parser.add_argument("--backends", default="onnxruntime,torch",
@@ -242,7 +253,7 @@ def run_demo(args: argparse.Namespace) -> int:
             run_dir / "appliance.toml",
             device={"id": "demo-0001", "site": site, "bed": bed_name},
             mqtt={"host": "127.0.0.1", "port": port, "health_interval_s": 10.0},
-            scoring={"model_dir": str(model_dir), "model_config": "tiny", "cadence_s": float(args.cadence),
+            scoring={"model_dir": str(model_dir), "cadence_s": float(args.cadence),  # size: the model's manifest
                      "backends": [b.strip() for b in args.backends.split(",") if b.strip()]},
             calibration={"bundle": ""},
         )

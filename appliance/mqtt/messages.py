@@ -185,6 +185,7 @@ def build_health(
     detail: str | None = None,
     confirmations: Mapping[str, Any] | None = None,
     source_restarts: Mapping[str, int] | None = None,
+    model: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the retained health message: what works, how fast, and how far behind the outbox is.
 
@@ -192,7 +193,9 @@ def build_health(
     scoring: all modalities missing, engines failed); ``detail`` is human text for the ward screen.
     ``confirmations`` is what the stations confirmed having stored (``appliance.mqtt.confirmations``); the
     publisher adds it, checked here against ``CONFIRMATIONS_HEALTH_SCHEMA``'s rules. ``source_restarts``
-    (optional) counts, per source, how often its driver thread died and was restarted.
+    (optional) counts, per source, how often its driver thread died and was restarted. ``model`` (optional, once
+    the engines are loaded) names the model: ``version`` (what scores carry), ``config`` (network size) and
+    ``card`` (``version``, ``path``, ``summary`` of its model card, or None when the export carries none).
     """
     if state not in ("ok", "degraded", "no_score"):
         raise ValueError(f"state: {state!r} is not one of ok, degraded, no_score")
@@ -225,7 +228,27 @@ def build_health(
     if source_restarts is not None:
         msg["source_restarts"] = {_text("source_restarts key", k, max_len=64): _integer(f"source_restarts.{k}", v)
                                   for k, v in source_restarts.items()}
+    if model is not None:
+        msg["model"] = _model_health(model)
     return msg
+
+
+def _model_health(value: Mapping[str, Any]) -> dict[str, Any]:
+    """The health message's ``model`` block, checked field by field (names the field on refusal)."""
+    if not isinstance(value, Mapping):
+        raise ValueError(f"model: expected a mapping, got {type(value).__name__}")
+    card = value.get("card")
+    if card is not None and not isinstance(card, Mapping):
+        raise ValueError(f"model.card: expected a mapping or None, got {type(card).__name__}")
+    return {
+        "version": _text("model.version", value.get("version")),
+        "config": _text("model.config", value.get("config"), max_len=64),
+        "card": None if card is None else {
+            "version": _text("model.card.version", card.get("version")),
+            "path": _text("model.card.path", card.get("path"), max_len=500),
+            "summary": _text("model.card.summary", card.get("summary"), max_len=MODEL_SUMMARY_MAX),
+        },
+    }
 
 
 def _confirmations_health(value: Mapping[str, Any]) -> dict[str, Any]:
@@ -301,6 +324,7 @@ MAX_MISSING_RANGES = 32
 #: Most stations a device keeps track of, and most gap ranges its health message lists.
 MAX_CONFIRMING_STATIONS = 16
 MAX_HEALTH_GAPS = 8
+MODEL_SUMMARY_MAX = 300  # health ``model.card.summary``: one line of the model card (models/card.py summary)
 MAX_STATION_ID_LEN = 64
 #: Health ``confirmations.state``: ``none`` (no station has confirmed anything: nothing can be judged) or
 #: ``confirming`` (at least one station's confirmation is known; ``unconfirmed`` counts what none has stored).
@@ -729,6 +753,23 @@ HEALTH_SCHEMA: dict[str, Any] = {
         "detail": {"type": "string"},
         "confirmations": CONFIRMATIONS_HEALTH_SCHEMA,
         "source_restarts": {"type": "object", "additionalProperties": _UINT},
+        "model": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["version", "config", "card"],
+            "properties": {
+                "version": {"type": "string", "minLength": 1},
+                "config": {"type": "string", "minLength": 1},
+                "card": {
+                    "type": ["object", "null"],
+                    "additionalProperties": False,
+                    "required": ["version", "path", "summary"],
+                    "properties": {"version": {"type": "string", "minLength": 1},
+                                   "path": {"type": "string", "minLength": 1},
+                                   "summary": {"type": "string", "minLength": 1, "maxLength": MODEL_SUMMARY_MAX}},
+                },
+            },
+        },
     },
 }
 

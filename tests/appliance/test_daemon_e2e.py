@@ -1,7 +1,8 @@
 """End to end: simulated bed -> ``neopain run`` (a subprocess) -> a real mosquitto -> a subscriber.
 
 The bed plays a synthetic recording through the real camera (video file), ALSA (file plugin) and serial
-(pty + Masimo emulator) paths; the daemon runs a tiny exported model (random weights) on ONNX Runtime.
+(pty + Masimo emulator) paths; the daemon runs the tiny model of ``neopain train --final`` (1 epoch) exported by
+``neopain export`` with its model card, which health and the start log must name, on ONNX Runtime.
 Mid-run the broker is SIGKILLed and restarted, and the daemon is stopped (SIGTERM) and started again.
 Every score the daemon made (its log line per score, written after the outbox commit) must reach the
 subscriber at least once (dedup by message id): counted, zero lost. sd_notify is read from a real unix
@@ -10,6 +11,7 @@ datagram socket given as ``NOTIFY_SOCKET``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 import time
@@ -33,6 +35,7 @@ broker_factory = _mqtt.broker_factory
 subscriber_factory = _mqtt.subscriber_factory
 
 SCORE_VALIDATOR = jsonschema.Draft202012Validator(messages.SCORE_SCHEMA)
+HEALTH_VALIDATOR = jsonschema.Draft202012Validator(messages.HEALTH_SCHEMA)
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +46,10 @@ def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny estimator with random weights, exported once for the module (four ONNX parts + manifest)."""
-    import torch
-
-    from models.configs import tiny_config
-    from models.estimator import create_pain_estimator
-    from models.export import export_model_dir
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model")
-    export_model_dir(create_pain_estimator(tiny_config()).eval(), tiny_config(), out, progress=False)
-    return out
+def model_dir(tiny_model_dir: Path) -> Path:
+    """The deployable tiny model (tests/conftest.py: a final checkpoint with its model card, exported); modules
+    that borrow this module's fixtures get it by this name."""
+    return tiny_model_dir
 
 
 def _write_config(bed, path: Path, port: int, model_dir: Path) -> Path:
@@ -62,8 +57,8 @@ def _write_config(bed, path: Path, port: int, model_dir: Path) -> Path:
         path,
         device={"id": "e2e-dev", "site": "e2e", "bed": "bed-1"},
         mqtt={"host": "127.0.0.1", "port": port, "message_expiry_s": 120, "health_interval_s": 5.0},
-        scoring={"model_dir": str(model_dir), "model_config": "tiny", "backends": ["onnxruntime"],
-                 "cadence_s": 1.0},
+        # No scoring.model_config: the network size comes from the model's manifest.
+        scoring={"model_dir": str(model_dir), "backends": ["onnxruntime"], "cadence_s": 1.0},
         calibration={"bundle": ""},
     )
 
@@ -143,6 +138,20 @@ def test_scores_survive_broker_and_daemon_restarts(cohort: Path, model_dir: Path
     health = [m.json() for m in sub.on_topic("/health")]
     assert health and health[-1]["engine_backend"] == "onnxruntime"
     assert any(h["state"] in ("ok", "degraded") for h in health)
+    # Health and the start log name the model and the card `neopain export` carried from beside the checkpoint.
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    card = json.loads((model_dir / "model_card.json").read_text())
+    named = [h["model"] for h in health if "model" in h]
+    assert named and all(m == named[0] for m in named), named
+    assert named[0]["version"] == manifest["model_version"] and named[0]["config"] == "tiny"
+    assert {m["model_version"] for m in received.values()} == {manifest["model_version"]}
+    assert named[0]["card"]["version"] == card["model_version"] == manifest["model_card"]["model_version"]
+    assert named[0]["card"]["path"] == str(model_dir / "model_card.md")
+    assert named[0]["card"]["summary"].startswith(f"{card['model_version']}; fusion tiny; trained "
+                                                  f"{card['created_utc'][:10]} on {card['data']['infants']} infants")
+    for h in health:
+        HEALTH_VALIDATOR.validate(h)
+    assert f"model card {model_dir / 'model_card.md'}: {named[0]['card']['summary']}" in daemons[0].text()
 
     # sd_notify over the real socket: READY twice (two starts), watchdog pings, STATUS text, STOPPING
     assert notify.assignments("READY").count("1") == 2
@@ -164,15 +173,17 @@ def test_bad_config_is_one_error_line_and_exit_2(tmp_path: Path) -> None:
     assert len(lines) == 1 and f"{config}:3: scoring.backend: unknown key" in lines[0]
 
 
-def test_missing_model_exits_3_after_publishing_no_score_health(tmp_path: Path, broker_factory,
-                                                                 subscriber_factory) -> None:
+def _exit_3_health(tmp_path: Path, broker_factory, subscriber_factory, model_dir: Path,
+                   model_config: str) -> dict:
+    """Run a daemon with no sensors on ``model_dir``; it must exit 3 after publishing a ``no_score`` health,
+    which is returned."""
     broker = broker_factory()
     sub = subscriber_factory(broker.port, ["neopain/+/+/health"])
     config = tmp_path / "appliance.toml"
     config.write_text(
         f'[device]\nid = "d1"\nsite = "s"\nbed = "b"\n'
         f'[camera]\nenabled = false\n[microphone]\nenabled = false\n[monitor]\nport = "/dev/null-monitor"\n'
-        f'[scoring]\nmodel_dir = "{tmp_path / "no-model"}"\nmodel_config = "tiny"\nbackends = ["onnxruntime"]\n'
+        f'[scoring]\nmodel_dir = "{model_dir}"\nmodel_config = "{model_config}"\nbackends = ["onnxruntime"]\n'
         f'[mqtt]\nport = {broker.port}\n[outbox]\npath = "{tmp_path / "outbox.sqlite3"}"\n'
         f'[calibration]\nbundle = ""\n')
     config.chmod(0o644)
@@ -180,6 +191,19 @@ def test_missing_model_exits_3_after_publishing_no_score_health(tmp_path: Path, 
                             capture_output=True, text=True, timeout=90)
     assert result.returncode == 3, result.stderr[-2000:]
     assert sub.wait_for(lambda s: any(m.json()["state"] == "no_score" for m in s.messages), 5)
-    health = [m.json() for m in sub.messages][-1]
+    return [m.json() for m in sub.messages][-1]
+
+
+def test_pinned_model_size_that_the_manifest_contradicts_exits_3(tmp_path: Path, model_dir: Path, broker_factory,
+                                                                 subscriber_factory) -> None:
+    """``scoring.model_config`` set explicitly is a statement about the model: a tiny export under "full" is
+    refused (exit 3, health says why), never run as the wrong size; unset ("auto") it runs (the test above)."""
+    health = _exit_3_health(tmp_path, broker_factory, subscriber_factory, model_dir, "full")
+    assert f"scoring.model_config is 'full' but {model_dir} holds a 'tiny' model" in health["detail"], health
+
+
+def test_missing_model_exits_3_after_publishing_no_score_health(tmp_path: Path, broker_factory,
+                                                                 subscriber_factory) -> None:
+    health = _exit_3_health(tmp_path, broker_factory, subscriber_factory, tmp_path / "no-model", "tiny")
     assert health["state"] == "no_score" and "engines failed to load" in health["detail"]
     assert "no-model" in health["detail"]

@@ -36,26 +36,13 @@ def bed(tmp_path_factory: pytest.TempPathFactory):
         yield running
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-
-    from models.configs import tiny_config
-    from models.estimator import create_pain_estimator
-    from models.export import export_model_dir
-
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("model")
-    export_model_dir(create_pain_estimator(tiny_config()).eval(), tiny_config(), out, progress=False)
-    return out
-
-
 def _run(bed, tmp_path: Path, name: str, port: int, model_dir: Path, until, timeout: float, **camera) -> DaemonProcess:
+    """``model_dir``: the shared deployable tiny model (tests/conftest.py ``tiny_model_dir``)."""
     config = bed.write_appliance_config(
         tmp_path / f"{name}.toml", device={"id": f"face-{name}", "site": "face", "bed": name},
         camera=camera, microphone={"enabled": False}, monitor={"enabled": False},
         mqtt={"host": "127.0.0.1", "port": port, "health_interval_s": 2.0},
-        scoring={"model_dir": str(model_dir), "model_config": "tiny", "backends": ["onnxruntime"], "cadence_s": 1.0},
+        scoring={"model_dir": str(model_dir), "backends": ["onnxruntime"], "cadence_s": 1.0},
         outbox={"path": str(tmp_path / f"{name}.sqlite3")}, calibration={"bundle": ""})
     daemon = DaemonProcess(config, tmp_path / f"{name}.log", bed.environment()).start()
     deadline = time.monotonic() + timeout
@@ -70,14 +57,14 @@ def _run(bed, tmp_path: Path, name: str, port: int, model_dir: Path, until, time
 
 @pytest.mark.slow
 def test_the_device_detector_finds_the_bed_s_face_and_a_roi_beyond_the_frame_is_refused(
-        bed, model_dir: Path, broker_factory, subscriber_factory, tmp_path: Path) -> None:
+        bed, tiny_model_dir: Path, broker_factory, subscriber_factory, tmp_path: Path) -> None:
     broker = broker_factory()
     sub = subscriber_factory(broker.port, ["neopain/face/#"])
     width, height = bed.recording.video_size
     assert (width, height) == (320, 320)  # rendered at the bed camera's resolution, not upscaled
 
     # 1. no ROI: the detector finds the rendered face and the video modality is scored
-    found = _run(bed, tmp_path, "detect", broker.port, model_dir, lambda d: len(d.produced()) >= 3, 90)
+    found = _run(bed, tmp_path, "detect", broker.port, tiny_model_dir, lambda d: len(d.produced()) >= 3, 90)
     scores = [m.json() for m in sub.on_topic("/detect/score")]
     assert len(found.produced()) >= 3 and scores, found.text()[-3000:]
     assert all(s["modalities"]["video"]["used"] for s in scores), scores[-1]["modalities"]
@@ -85,7 +72,7 @@ def test_the_device_detector_finds_the_bed_s_face_and_a_roi_beyond_the_frame_is_
 
     # 2. a ROI one pixel beyond the frame: refused at the first frame, health names it, nothing scored
     roi = [1, 0, width, height]
-    refused = _run(bed, tmp_path, "beyond", broker.port, model_dir,
+    refused = _run(bed, tmp_path, "beyond", broker.port, tiny_model_dir,
                    lambda d: any("camera.face_roi" in (m.json().get("detail") or "")
                                  for m in sub.on_topic("/beyond/health")), 60, face_roi=roi)
     assert refused.produced() == [] and sub.on_topic("/beyond/score") == []

@@ -129,22 +129,16 @@ def test_bad_config_or_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFi
 
 # ------------------------------------------------------------------------------------------------ end to end
 @pytest.mark.slow
-def test_capture_from_the_simulated_bed_reads_back_with_the_builders_reader(tmp_path: Path) -> None:
-    import torch
-
+def test_capture_from_the_simulated_bed_reads_back_with_the_builders_reader(tmp_path: Path, tiny_model_dir: Path) -> None:
     from appliance.devtools.simulate import SimulatedBed, synth_bed_cohort
     from models.engines.build import read_calibration_dir
-    from models.estimator import create_pain_estimator
-    from models.export import export_model_dir
     from models.manifest import read_manifest
 
-    torch.manual_seed(0)
-    model_dir = tmp_path / "model"
-    export_model_dir(create_pain_estimator(tiny_config()).eval(), tiny_config(), model_dir, progress=False)
+    model_dir = tiny_model_dir
     cohort = synth_bed_cohort(tmp_path / "cohort", minutes=0.5, seed=3, video_size=64)
     with SimulatedBed(cohort, workdir=tmp_path / "bed") as bed:
         config = bed.write_appliance_config(tmp_path / "appliance.toml",
-                                            scoring={"model_dir": str(model_dir), "model_config": "tiny"})
+                                            scoring={"model_dir": str(model_dir)})
         env = dict(os.environ, **bed.environment())
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         proc = subprocess.run([sys.executable, "-m", "appliance.cli", "calibrate", "capture-int8", "--config",

@@ -82,7 +82,7 @@ def model_dir(cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from models.estimator import create_pain_estimator
     from models.export import export_model_dir
     from models.samples import samples_from_windows
-    from models.train import predict
+    from models.training import predict
 
     torch.manual_seed(0)
     cfg = tiny_config()

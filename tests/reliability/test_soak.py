@@ -169,17 +169,9 @@ def _record(record_result, result: dict) -> None:
 
 
 @pytest.mark.slow
-def test_short_soak_at_production_cadence(tmp_path: Path, record_result) -> None:
+def test_short_soak_at_production_cadence(tmp_path: Path, record_result, tiny_model_dir: Path) -> None:
     """``neopain soak`` for 90 s at cadence 2 s: the real daemon, broker and bed; the same verdict code."""
-    import torch
-
-    from models.configs import tiny_config
-    from models.estimator import create_pain_estimator
-    from models.export import export_model_dir
-
-    torch.manual_seed(0)
-    model = tmp_path / "model"
-    export_model_dir(create_pain_estimator(tiny_config()).eval(), tiny_config(), model, progress=False)
+    model = tiny_model_dir
     out = tmp_path / "soak"
     proc = subprocess.run(
         [sys.executable, "-m", "appliance.cli", "soak", "--duration", "90", "--cadence", "2",
