@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Callable
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,9 @@ from models.checkpoints.i3d import (
 from models.configs import IMAGENET_MEAN_255, IMAGENET_STD_255, VideoConfig
 from models.video import I3DResNet, create_i3d_r50
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from foreign_checkpoints import foreign_state, randomised, to_mmaction2  # noqa: E402
+
 # Small, but with several blocks per stage and both temporal kernel sizes, so block indices and
 # conv_a kernels are exercised; a 5-way head so the classifier mapping is too.
 SMALL = VideoConfig(
@@ -39,57 +43,21 @@ SMALL = VideoConfig(
 )
 
 
-def randomised(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Every parameter and BN statistic random, so a tensor loaded into the wrong place changes outputs."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(7)
-            elif name.endswith("running_var"):
-                tensor.copy_(torch.rand(tensor.shape, generator=gen) + 0.5)
-            else:
-                tensor.copy_(torch.randn(tensor.shape, generator=gen) * 0.2)
-    return model.eval()
-
-
 def clip_for(cfg: VideoConfig, batch: int = 2) -> torch.Tensor:
     return torch.randn(batch, 3, cfg.frames, cfg.crop_size, cfg.crop_size, generator=torch.Generator().manual_seed(1))
 
 
-# --- independent renames: our (pytorchvideo) names -> foreign names ------------------------------------
-
-MM_LAYER = {"1": "layer1", "3": "layer2", "4": "layer3", "5": "layer4"}
+# --- independent renames: our (pytorchvideo) names -> foreign names (mmaction2's in foreign_checkpoints) --
 
 
 def to_pytorchvideo(key: str) -> str:
     return key
 
 
-def to_mmaction2(key: str) -> str:
-    parts = key.split(".")
-    assert parts[0] == "blocks", key
-    if parts[1] == "0":
-        return ".".join(["backbone", "conv1", {"conv": "conv", "norm": "bn"}[parts[2]], *parts[3:]])
-    if parts[1] == "6":
-        return ".".join(["cls_head", "fc_cls", parts[-1]])
-    layer, block, branch = MM_LAYER[parts[1]], parts[3], parts[4]
-    if branch == "branch2":
-        kind, letter = parts[5].split("_")
-        conv = "conv" + str("abc".index(letter) + 1)
-        return ".".join(["backbone", layer, block, conv, "conv" if kind == "conv" else "bn", *parts[6:]])
-    sub = "conv" if branch == "branch1_conv" else "bn"
-    return ".".join(["backbone", layer, block, "downsample", sub, *parts[5:]])
-
-
 FORMATS = {
     "pytorchvideo": (load_pytorchvideo_i3d, to_pytorchvideo, "model_state"),
     "mmaction2": (load_mmaction2_i3d, to_mmaction2, "state_dict"),
 }
-
-
-def foreign_state(model: nn.Module, rename: Callable[[str], str]) -> dict[str, torch.Tensor]:
-    return {rename(k): v.clone() for k, v in model.state_dict().items()}
 
 
 def save(tmp_path, container: str, state: dict, name: str = "ckpt.pth"):

@@ -1,50 +1,28 @@
 """torchvggish checkpoints load into our VGGish, and wrong ones are refused by name.
 
-``TorchVGGish`` below re-creates torchvggish's own module (harritaylor/torchvggish ``vggish.VGG``:
-``make_layers`` over [64, M, 128, M, 256, 256, M, 512, 512, M], transpose to NHWC, fc stack ending in
-a ReLU) so the test saves files in exactly that layout.
+``TorchVGGish`` (tests/models/foreign_checkpoints.py) re-creates torchvggish's own module so the test saves
+files in exactly that layout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from models.audio import create_vggish
 from models.checkpoints import CheckpointError
 from models.checkpoints.vggish import load_torchvggish
 from models.configs import full_config, tiny_config
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from foreign_checkpoints import TorchVGGish  # noqa: E402
+
 TINY = tiny_config().audio
 FULL = full_config().audio
-
-
-class TorchVGGish(nn.Module):
-    def __init__(self, channels: tuple[int, int, int, int], fc: int, emb: int) -> None:
-        super().__init__()
-        c1, c2, c3, c4 = channels
-        layers: list[nn.Module] = []
-        in_channels = 1
-        for v in [c1, "M", c2, "M", c3, c3, "M", c4, c4, "M"]:
-            if v == "M":
-                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
-            else:
-                layers += [nn.Conv2d(in_channels, v, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
-                in_channels = v
-        self.features = nn.Sequential(*layers)
-        self.embeddings = nn.Sequential(
-            nn.Linear(c4 * 4 * 6, fc), nn.ReLU(True), nn.Linear(fc, fc), nn.ReLU(True), nn.Linear(fc, emb), nn.ReLU(True)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.features(x)
-        x = torch.transpose(x, 1, 3)
-        x = torch.transpose(x, 1, 2)
-        x = x.contiguous().view(x.size(0), -1)
-        return self.embeddings(x)
 
 
 def _reference() -> TorchVGGish:
