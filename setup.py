@@ -67,7 +67,8 @@ setup(
     # that NVIDIA's cp310 TensorRT bindings (python3-libnvinfer) and Jetson torch wheels are usable (image/README.md).
     python_requires=">=3.10",
     packages=find_packages(include=["appliance", "appliance.*", "calibration", "calibration.*", "models", "models.*"]),
-    package_data={"appliance.sources": ["weights/centerface.onnx"]},
+    package_data={"appliance.sources": ["weights/centerface.onnx"],
+                  "appliance.station.web": ["templates/*.html", "static/*.css", "static/*.js"]},
     install_requires=[
         # The CPU wheel is installed first by ./run (pip install torch==2.13.0); any torch >= 2.3 works.
         "torch>=2.3",
@@ -87,16 +88,30 @@ setup(
         "matplotlib>=3.8",
         # tomllib is standard only from 3.11; tomli is the same parser (tomllib was taken from it).
         "tomli>=2; python_version<'3.11'",
+        # The station's ADT listener (appliance/station/adt.py) parses HL7 v2 ADT with it; pure Python. The tests
+        # also validate the bridge's ORU^R01 against its HL7 2.6 structures (STRICT).
+        "hl7apy>=1.3.5,<2",
+        # `neopain station run`, the web central station (appliance/station/web/): an ASGI app served by uvicorn,
+        # Jinja2 templates, form posts (python-multipart), argon2id password hashes. Pure Python or small wheels.
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "jinja2>=3.1",
+        "python-multipart>=0.0.9",
+        "argon2-cffi>=23.1",
     ],
     extras_require={
         # GPU-only: installed on the Jetson / GPU box, never needed by the CPU install or the tests.
         "jetson": ["tensorrt>=10", "pycuda>=2024.1"],
         "test": ["pytest>=8", "hypothesis>=6.100", "pingouin>=0.5", "jsonschema>=4.18", "fhir.resources>=8",
+                 "hl7apy>=1.3.5,<2",  # also a main dependency; listed so the test extra says what the tests need
                  # tests/test_python_compat.py: the code must stay 3.10-compatible (JetPack 6).
                  "vermin>=1.6",
                  # Real photographs with faces (data.astronaut, data.camera) for the face-detector tests and
                  # `neopain bench faces`; test/bench only, never on the device.
-                 "scikit-image>=0.22"],
+                 "scikit-image>=0.22",
+                 # The web station's tests drive Debian's chromium + chromium-driver (APT_PACKAGES in ./run);
+                 # psutil measures the station in appliance/devtools/station_bench.py and its tests.
+                 "selenium>=4.20", "psutil>=5.9"],
     },
     entry_points={"console_scripts": ["neopain=appliance.cli:main"]},
 )

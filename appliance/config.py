@@ -45,6 +45,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/neopain/appliance.toml")
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _BACKENDS = ("tensorrt", "onnxruntime", "torch")
 _MODEL_CONFIGS = ("full", "tiny")  # models/configs.py CONFIGS; not imported here so that a check never loads torch
+MODEL_CONFIG_AUTO = "auto"  # scoring.model_config: the size the exported model's manifest names
 _BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 
 # Keys that must never be in the main file, with what to use instead.
@@ -187,7 +188,16 @@ class ScoringSection:
     min_face_detail: float = spec(2.0, "Video is scored only when its face crops, seen at 64x64, have at least this "
                                   "much fine detail (standard deviation of the Laplacian, grey levels): below it "
                                   "there is no texture (a smooth blur or gradient).", min=0.0, max=255.0)
-    model_config: str = spec("full", "Network size the engines were built for.", choices=_MODEL_CONFIGS)
+    modality_lost_after_s: float = spec(10.0, "Health reports a modality as lost (state degraded, \"scoring without "
+                                        "...\") only after it has been missing from the scored windows this long; "
+                                        "each score still uses what its own window has. 0 = at once. Keeps a cry "
+                                        "that comes and goes from flapping the bed's health, s.", min=0.0, max=600.0)
+    modality_back_after_s: float = spec(10.0, "Health reports a lost modality as back only after it has been present "
+                                        "this long without a gap, s.", min=0.0, max=600.0)
+    model_config: str = spec(MODEL_CONFIG_AUTO, "Network size of the model in model_dir: auto takes it from the "
+                             "model's manifest (the one source of truth); tiny or full pin it, and a model of "
+                             "another size is then refused (the daemon exits 3) rather than run.",
+                             choices=(MODEL_CONFIG_AUTO, *_MODEL_CONFIGS))
     backends: list[str] = spec(list(_BACKENDS), "Engine backends to try, first that loads wins.",
                                choices=_BACKENDS, unique=True, min_items=1)
     precision: str = spec("fp16", "Engine precision: fp32 everywhere; fp16 = TensorRT FP16, PyTorch FP16 on CUDA, "
@@ -197,6 +207,17 @@ class ScoringSection:
     model_dir: str = spec("/opt/neopain/models", "Folder with the exported ONNX models and weights.", path=True)
     engine_cache_dir: str = spec("/var/cache/neopain/engines", "Built engines (systemd CacheDirectory=neopain).",
                                  path=True)
+
+    def model_size_refusal(self, held: str) -> str | None:
+        """Why a model of size ``held`` (its manifest's ``config_name``) must not run here, or None.
+
+        The manifest is the source of truth: ``auto`` runs whatever it names. A pinned size is a deliberate
+        statement ("this bed runs the full model"), so a model that contradicts it is refused, not run.
+        """
+        if self.model_config in (MODEL_CONFIG_AUTO, held):
+            return None
+        return (f"scoring.model_config is {self.model_config!r} but {self.model_dir} holds a {held!r} model "
+                f"(set it to {MODEL_CONFIG_AUTO!r} to run the size the model's manifest names)")
 
 
 @dataclass(frozen=True)
@@ -743,15 +764,26 @@ def command_key(config: Config, *, _loc: _Locator | None = None) -> bytes | None
     path, what = secret_path(config, config.mqtt.command_key_credential, "command_key_file")
     if path is None:
         return None
-    key_name = ("mqtt", "command_key_file")
-    raw = _read_secret(path, what, check_others=what.startswith("mqtt."), loc=_loc, key=key_name)
+    return _command_key_in(path, what, check_others=what.startswith("mqtt."), loc=_loc,
+                           key_name=("mqtt", "command_key_file"))
+
+
+def station_key_file(path: Path, option: str) -> bytes:
+    """The station key named on a station's command line (``neopain station run --command-key-file``): the file
+    and text rules of the device's ``mqtt.command_key_file``, so both ends accept the same key files."""
+    return _command_key_in(Path(path), option, check_others=True, loc=None, key_name=(option,))
+
+
+def _command_key_in(path: Path, what: str, *, check_others: bool, loc: _Locator | None,
+                    key_name: tuple[str, ...]) -> bytes:
+    raw = _read_secret(path, what, check_others=check_others, loc=loc, key=key_name)
     try:
         key = bytes.fromhex(raw.decode("ascii").strip())
     except (UnicodeDecodeError, ValueError):
         key = b""
     if len(key) < 16:
         message = f"secret {path} ({what}) must be hex text of at least 16 bytes (e.g. `openssl rand -hex 32`)"
-        raise _loc.error(key_name, message) if _loc else ConfigError(message, key=".".join(key_name))
+        raise loc.error(key_name, message) if loc else ConfigError(message, key=".".join(key_name))
     return key
 
 
