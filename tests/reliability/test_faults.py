@@ -727,7 +727,7 @@ def test_state_files_heal_host_names_one_instance_and_bounded_topics(rig: Rig, m
 # ------------------------------------------------------------------------------------------------- meaningless video
 def test_meaningless_video_is_never_scored(rig: Rig, model_dir: Path, record_result, tmp_path: Path) -> None:
     """A 1x1-pixel camera stream (upscaled by the camera to 112x112, as a configured width/height does), a flat
-    grey one, and the bed's own infant at 24x24 pixels (upscaled alike: the face detector still finds that face,
+    grey one, and the bed's infant at 24x24 pixels (upscaled alike: the face detector still finds that face,
     so only the quality gate's ``min_face_px`` stands between it and a score), each through the daemon's real
     camera path: the daemon goes on scoring with the other modalities, no score uses video, every score's flags
     say why and health says it scores without video."""
@@ -744,11 +744,37 @@ def test_meaningless_video_is_never_scored(rig: Rig, model_dir: Path, record_res
         vw.release()
         return path
 
-    bed_video = cv2.VideoCapture(rig.bed.camera_source)
-    small = []
-    while len(small) < 60 and (got := bed_video.read())[0]:
-        small.append(cv2.resize(got[1], (24, 24), interpolation=cv2.INTER_AREA))
-    bed_video.release()
+    from dataclasses import replace
+
+    from appliance.config import load_config
+    from appliance.sources.face import FaceTracker
+    from appliance.wiring import source_settings
+    from models.data.layout import read_dataset
+    from models.data.synth import SynthOptions, synth_cohort
+    from models.data.synth_video import VideoOptions
+
+    # The tiny face comes from a clean recording of the bed's infant (the bed cohort's seed and length, every
+    # cross-modal confounder off), cut to the frames whose 24-px version, upscaled as the camera does, the
+    # daemon's own face tracker (its config, built as the daemon builds it) finds a face in. Why: at 24 px the
+    # detector works at its limit, and which frames it still finds depends on how the generator draws the
+    # face (the cohort's default silent-cry taping, tube at a mouth corner, leaves few); a clip it misses in
+    # says "video_no_face" and proves nothing about the quality gate. So the detector finds the face in every
+    # frame of the clip, and only scoring.min_face_px stands between it and a score.
+    tiny_px, camera_px, n_frames = 24, 112, 60
+    tracker = FaceTracker(source_settings(load_config(rig.write_config(model_dir))).face)
+    clean = SynthOptions(minutes=0.5, video=VideoOptions(size=camera_px))
+    clean = replace(clean, confounders=clean.confounders.off())
+    clean_root = synth_cohort(tmp_path / "clean-cohort", 1, 3, clean, progress=False).root
+    clean_video = cv2.VideoCapture(str(read_dataset(clean_root).recordings[0].video.path))
+    small, seen = [], 0
+    while len(small) < n_frames and (got := clean_video.read())[0]:
+        seen += 1
+        tiny = cv2.resize(got[1], (tiny_px, tiny_px), interpolation=cv2.INTER_AREA)
+        if tracker.detect(cv2.resize(tiny, (camera_px, camera_px), interpolation=cv2.INTER_AREA)):
+            small.append(tiny)
+    clean_video.release()
+    assert len(small) == n_frames, (f"the {tracker.detector_name} detector finds the face at {tiny_px} px in only "
+                                    f"{len(small)} of {seen} frames of the clean recording; {n_frames} needed")
     cases = [("1x1-pixel camera stream (upscaled to 112x112 by the camera)", None,
               video("one-pixel.avi", [np.full((1, 1, 3), 80 + i, np.uint8) for i in range(30)])),
              ("flat camera stream (uniform grey 112x112)", None,
@@ -756,8 +782,8 @@ def test_meaningless_video_is_never_scored(rig: Rig, model_dir: Path, record_res
              ("the infant's face at 24x24 camera pixels (upscaled to 112x112; the detector still finds it)",
               "video_face_too_small", video("tiny-face.avi", small, "FFV1"))]  # lossless: JPEG blurs 24 px away
     for name, must_flag, path in cases:
-        rig.write_config(model_dir, camera={"source": str(path), "kind": "file", "fps": 30.0, "width": 112,
-                                            "height": 112})
+        rig.write_config(model_dir, camera={"source": str(path), "kind": "file", "fps": 30.0, "width": camera_px,
+                                            "height": camera_px})
         start, h0 = len(rig.produced()), len(rig.health())
         d = rig.start_daemon()
         rig.wait_more(4, 60)
