@@ -19,12 +19,22 @@ QDQ part is opened on the CPU provider this module rewrites the graph in memory,
 * a float bias of a Conv/Gemm whose input and weight are both dequantized becomes int32 with scale
   ``s_x * s_w`` (what ONNX Runtime's own quantizer writes; TensorRT wants float biases, so the file keeps
   them float), the pattern ONNX Runtime needs to fuse the QLinearConv. Rounding the bias to the
-  accumulator grid changes a result by at most half a grid step of the output.
+  accumulator grid changes a result by at most half a grid step of the output;
+* max-pools between quantized tensors pool the uint8 codes themselves (:func:`pools_on_uint8`), a purely
+  temporal one as a ``Max`` of strided ``Slice`` s, so that no pool runs in float or forces a layout change;
+* the float 3-D stem over the raw clip (kept float by :func:`models.quantize.float_stems`) runs as a 2-D
+  convolution over frames (:func:`models.engines.ort_stem.stem_as_2d`), on MLAS's blocked NCHWc kernels.
 
 Weights (int8, per channel, symmetric) are left as they are: U8S8 is what the VNNI kernels run. The
 rewritten graph and the file run literally differ only where a rounding decision moved (the int32 bias,
-one requantization instead of two around a ReLU); ``tests/models/engines/test_int8.py`` holds the mean
-difference under a quarter of INT8's own error against FP32.
+one requantization instead of two around a ReLU, a pooled value beyond the calibrated range no longer
+clipped at 127 s, the stem's float sums in another order); ``tests/models/engines/test_int8.py`` holds the
+mean difference under a quarter of INT8's own error against FP32.
+
+Measured on the full model (ONNX Runtime 1.32, one thread, CPU time, load average 1.8, same process): the
+INT8 video encoder took 588 ms with the first three rewrites only and 366 ms with all five and ONNX Runtime's
+QDQ propagation off (:data:`models.engines.onnxruntime.QDQ_CPU_DISABLED_OPTIMIZERS`; FP32: 1500 ms), the
+audio encoder 50 -> 34 ms (FP32: 131 ms); see ``docs/benchmarks/int8_cpu.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +44,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+
+from models.engines.ort_stem import stem_as_2d
 
 log = logging.getLogger(__name__)
 
@@ -165,10 +177,92 @@ def rewrite_for_x86(model) -> dict[str, int]:  # model: onnx.ModelProto, rewritt
         node.input[2] = out
         counts["bias_to_int32"] += 1
     graph.initializer.extend(new_inits.values())
+    counts.update(pools_on_uint8(model))
+    counts["stem_as_2d"] = stem_as_2d(model)
     used = {i for n in graph.node for i in n.input} | graph_outputs
     keep_inits = [t for t in graph.initializer if t.name in used]
     del graph.initializer[:]
     graph.initializer.extend(keep_inits)
+    return counts
+
+
+def pools_on_uint8(model) -> dict[str, int]:  # model: onnx.ModelProto, rewritten in place
+    """``DQ(s) -> MaxPool -> Q(s) -> DQ`` becomes a max-pool of the uint8 tensor itself, read by ``DQ(s)``.
+
+    Why: the pattern ONNX Runtime would fuse into an integer max-pool needs one zero point on both sides, and
+    after :func:`rewrite_for_x86` the pool's input often has zero point 0 (a folded ReLU) and its output 128,
+    so it ran in float between a dequantization and a requantization (the audio encoder's four pools were a
+    quarter of its INT8 time). Exact: the maximum commutes with the increasing map ``s * (q - z)``, so the
+    pooled codes read with the input's zero point are the values the float pool gives (except, as in the
+    ReLU fold, values beyond the calibrated range, which no longer saturate at 127 s).
+
+    A purely temporal pool (kernel = stride = ``(k, 1, 1)``, unpadded; I3D's pool after res2) becomes the
+    elementwise ``Max`` of ``k`` strided ``Slice`` s of the frames: ONNX Runtime has no channels-last 3-D
+    pool, so a 3-D ``MaxPool`` made it transpose the whole res2 output to NCDHW and back, while Slice and Max
+    work in whatever layout the neighbouring convolutions use.
+    """
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    if next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0) < 13:
+        return {"maxpool_uint8": 0, "temporal_pool_as_max": 0}  # integer Max/MaxPool need opset >= 12/13
+    inits = {t.name: t for t in graph.initializer}
+    graph_outputs = {o.name for o in graph.output}
+    counts = {"maxpool_uint8": 0, "temporal_pool_as_max": 0}
+
+    def scalar(name: str) -> float | None:
+        if name not in inits:
+            return None
+        value = numpy_helper.to_array(inits[name])
+        return float(value.reshape(-1)[0]) if value.size == 1 else None
+
+    prod = {o: n for n in graph.node for o in n.output}
+    cons: dict[str, list] = defaultdict(list)
+    for n in graph.node:
+        for i in n.input:
+            cons[i].append(n)
+    drop: set[int] = set()
+    insert: dict[int, list] = {}  # id(pool) -> the nodes that replace it, in its place
+    for pool in [n for n in graph.node if n.op_type == "MaxPool"]:
+        dq = prod.get(pool.input[0])
+        after = cons[pool.output[0]]
+        if (len(pool.output) != 1 or dq is None or dq.op_type != "DequantizeLinear" or len(dq.input) < 3
+                or len(after) != 1 or after[0].op_type != "QuantizeLinear" or pool.output[0] in graph_outputs):
+            continue
+        q = after[0]
+        readers = cons[q.output[0]]
+        scale = scalar(dq.input[1])
+        if (scale is None or scale != scalar(q.input[1]) or scalar(dq.input[2]) is None or q.output[0] in graph_outputs
+                or not readers or any(r.op_type != "DequantizeLinear" for r in readers)):
+            continue
+        codes, name = dq.input[0], pool.name or pool.output[0]
+        attrs = {a.name: helper.get_attribute_value(a) for a in pool.attribute}
+        kernel, strides = list(attrs.get("kernel_shape", [])), list(attrs.get("strides", []))
+        temporal = (len(kernel) == 3 and kernel[0] > 1 and kernel[1:] == [1, 1] and strides == kernel
+                    and not any(attrs.get("pads", [])) and not attrs.get("ceil_mode", 0))
+        pooled = f"{name}_neopain_x86_uint8"
+        if temporal:
+            k = kernel[0]
+            slices = []
+            for i in range(k):  # frames i, i+k, ...: floor(T/k) of them, the pool's output length
+                part = f"{name}_neopain_x86_frames_{i}"
+                consts = {"starts": [i], "ends": [i - k + 1 if i < k - 1 else 2**62], "axes": [2], "steps": [k]}
+                for key, v in consts.items():
+                    graph.initializer.append(numpy_helper.from_array(np.array(v, np.int64), f"{part}_{key}"))
+                slices.append(helper.make_node("Slice", [codes, *(f"{part}_{key}" for key in consts)], [part], name=part))
+            insert[id(pool)] = [*slices, helper.make_node("Max", [s.output[0] for s in slices], [pooled], name=pooled)]
+            counts["temporal_pool_as_max"] += 1
+        else:
+            insert[id(pool)] = [helper.make_node("MaxPool", [codes], [pooled], name=pooled,
+                                                 **{k: v for k, v in attrs.items() if k != "storage_order"})]
+            counts["maxpool_uint8"] += 1
+        for reader in readers:  # read the pooled codes with the input's scale and zero point
+            reader.input[0], reader.input[1], reader.input[2] = pooled, dq.input[1], dq.input[2]
+        drop |= {id(pool), id(q)} | ({id(dq)} if len(cons[dq.output[0]]) == 1 else set())
+    if insert:
+        nodes = [new for n in graph.node for new in (insert.get(id(n), []) if id(n) in drop else [n])]
+        del graph.node[:]
+        graph.node.extend(nodes)
     return counts
 
 

@@ -31,7 +31,9 @@ def test_bench_tiny_random_writes_the_report(tmp_path: Path, capsys) -> None:
     report = json.loads(out.read_text())
     assert set(report) >= {"model", "settings", "host", "preprocessing", "backends", "unavailable", "ratios"}
     assert report["model"]["config"] == "tiny" and report["model"]["random"] is True
-    assert set(report["preprocessing"]) == {"video", "audio", "vitals", "total"}
+    samples = report["host"]["load_average_samples"]  # sampled while it ran (Linux has a load average)
+    assert samples["n"] >= 1 and samples["min"] <= samples["median"] <= samples["max"]
+    assert set(report["preprocessing"]) == {"video", "video_device_crops", "audio", "vitals", "total"}
     assert set(report["backends"]) == {"torch", "onnxruntime"}
     for name, r in report["backends"].items():
         assert set(r["parts"]) == PARTS
@@ -57,6 +59,8 @@ def test_bench_rejects_bad_arguments(tmp_path: Path, capsys) -> None:
     assert run_bench(parse(["--model-dir", str(tmp_path), "--camera", "wide"])) == 1
     assert run_bench(parse(["--model-dir", str(tmp_path / "none")])) == 1
     assert "does not exist" in capsys.readouterr().err
+    assert run_bench(parse(["--model-dir", str(tmp_path), "--face", "0"])) == 1
+    assert "--face must be a positive number of pixels, got 0" in capsys.readouterr().err
 
 
 def test_stats_and_synthetic_window() -> None:
@@ -67,6 +71,8 @@ def test_stats_and_synthetic_window() -> None:
     cfg = tiny_config()
     window = synthetic_raw_window(cfg, camera=(200, 100))
     assert window.frames.shape == (cfg.video.frames, 100, 200, 3)
+    assert window.face_box == (50, 0, 100, 100)  # the worst case: a face filling the frame height
+    assert synthetic_raw_window(cfg, camera=(200, 100), face=60).face_box == (70, 20, 60, 60)
     inputs = model_inputs(window, cfg)
     assert inputs["presence"].tolist() == [1.0, 1.0, 1.0]  # a usable window in every modality
     assert not inputs["audio_pad_mask"].all()

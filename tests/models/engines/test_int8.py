@@ -99,6 +99,10 @@ def test_x86_rewrite_agrees_with_the_qdq_graph_as_written(int8_model: Path) -> N
             producer = {o: n.op_type for n in graph.node for o in n.output}
             assert counts["relu_folded"] > 0, name
             assert all(producer.get(n.input[0]) == "Conv" for n in graph.node if n.op_type == "Relu"), name  # float stem
+        # the layout rewrites: the I3D stem in 2-D, its pool after res2 and VGGish's pools on the uint8 codes
+        assert counts["stem_as_2d"] == (name == "video_encoder"), name
+        assert counts["temporal_pool_as_max"] == (name == "video_encoder"), name
+        assert (counts["maxpool_uint8"] > 0) == (name == "audio_encoder"), name
         feed = {n: batch[n] if n in batch else None for n in part.input_names}
         if any(v is None for v in feed.values()):
             continue  # the fusion head's inputs are tokens; its rewrite is covered end to end above
@@ -118,6 +122,13 @@ def test_bench_measures_int8_against_fp32_in_one_run(int8_model: Path) -> None:
     assert ratio["ran_as"] == "int8" and ratio["video_encoder_p50_speedup"] > 0
     assert ratio["drift_windows"] == 4 and ratio["nips_max_abs_diff"] <= NIPS_BOUND
     assert report["int8"]["accuracy"]["passed"] is True
+    # which kernels ONNX Runtime runs: integer convolutions, the float stem as one blocked (NCHWc) 2-D conv
+    int8_video = report["backends"]["onnxruntime:int8"]["kernels"]["video_encoder"]
+    assert int8_video["com.microsoft:QLinearConv"] > 0 and int8_video["com.microsoft.nchwc:Conv"] == 1
+    assert "Conv" not in int8_video and "com.microsoft:QLinearConv" not in report["backends"]["onnxruntime:fp32"]["kernels"]["video_encoder"]
+    targets = {t["target"]: t for t in report["targets"]}
+    assert targets["video encoder INT8 vs FP32 (p50)"]["value"] == pytest.approx(ratio["video_encoder_p50_speedup"])
+    assert targets["MAE change vs ratings at export (NIPS)"]["met"] is None  # no ratings: not measurable, said so
     json.dumps(report)
 
 
