@@ -21,8 +21,8 @@ from datetime import datetime, timezone
 from typing import Iterable
 
 from appliance.mqtt import messages
-from appliance.station.board import (HEALTH_ALARM_AFTER_S, HEALTH_CHANGES_WINDOW_S, TREND_NONE, BedState,
-                                     HealthView, health_view, score_age_s, trend)
+from appliance.station.board import (HEALTH_ALARM_AFTER_S, HEALTH_CHANGES_WINDOW_S, STALE_AFTER_S, TREND_NONE,
+                                     BedState, HealthView, health_view, is_stale, score_age_s, trend)
 
 _MOD_ABBR = {"video": "V", "audio": "A", "vitals": "H"}  # H: heart (vitals), V video, A audio
 _RED, _YELLOW, _RESET = "\x1b[31m", "\x1b[33m", "\x1b[0m"
@@ -83,7 +83,7 @@ def bed_row(bed: BedState, now: datetime, *, stale_after_s: float, trend_window_
     """The cells of one bed. A stale (or never received) score shows no value and no trend."""
     last = bed.last
     age = None if last is None else score_age_s(last, now)
-    stale = last is None or age is None or age > stale_after_s
+    stale = is_stale(last, now, stale_after_s)
     if last is None:
         nips_cell, int_cell, arrow = "-", "-", TREND_NONE
     elif stale:
@@ -119,7 +119,7 @@ def _full_health(row: Row, width: int | None) -> list[str]:
                          break_long_words=True, break_on_hyphens=False) or ["    health:"]
 
 
-def render_table(beds: Iterable[BedState], *, now: datetime, stale_after_s: float = 30.0,
+def render_table(beds: Iterable[BedState], *, now: datetime, stale_after_s: float = STALE_AFTER_S,
                  trend_window_s: float = 300.0, color: bool = False, title: str | None = None,
                  layout: str = "wide", width: int | None = None, health: str = "short") -> str:
     """The whole screen as text: a header line, the column titles and one row per bed.

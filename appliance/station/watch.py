@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from typing import Any, Callable
 
 from appliance.mqtt import topics
-from appliance.station.board import Board, ScorePoint
+from appliance.station.board import STALE_AFTER_S, Board, ScorePoint
 from appliance.station.confirm import Confirmer, add_confirm_arguments, station_id_from_args
 from appliance.station.connection import BrokerOptions, StationConnection, add_broker_arguments
 from appliance.station.table import HEALTH_MODES, NARROW_WIDTH, render_table
@@ -32,8 +32,8 @@ def add_watch_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``neopain watch``: the broker group plus how to display."""
     add_broker_arguments(parser)
     g = parser.add_argument_group("display")
-    g.add_argument("--stale-after", type=float, default=30.0, metavar="S",
-                   help="a score older than S seconds is shown as stale (default: 30)")
+    g.add_argument("--stale-after", type=float, default=STALE_AFTER_S, metavar="S",
+                   help=f"a score older than S seconds is shown as stale (default: {STALE_AFTER_S:g})")
     g.add_argument("--trend-window", type=float, default=300.0, metavar="S",
                    help="trend arrow from the NIPS slope over the last S seconds (default: 300)")
     g.add_argument("--refresh", type=float, default=1.0, metavar="S", help="redraw every S seconds (default: 1)")
