@@ -321,38 +321,35 @@ def read_manifest(model_dir: str | Path) -> Manifest:
 
 def verify_part(model_dir: str | Path, manifest: Manifest, name: str) -> Path:
     """Path of part ``name``'s ONNX file after checking it exists and its sha256 matches the manifest."""
-    from models.engines.cache import sha256_file
-
     if name not in manifest.parts:
         raise ManifestError(f"the manifest has no part {name!r} (has {list(manifest.parts)})")
     part = manifest.parts[name]
-    path = Path(model_dir) / part.onnx
-    if not path.is_file():
-        raise ManifestError(f"ONNX file {path} of part {name!r} is missing; re-export the model")
-    digest = sha256_file(path)
-    if digest != part.sha256:
-        raise ManifestError(
-            f"ONNX file {path} of part {name!r} is corrupted or replaced (sha256 {digest[:12]}... vs manifest "
-            f"{part.sha256[:12]}...); re-export or re-install the model"
-        )
-    return path
+    return _checked_file(Path(model_dir) / part.onnx, "ONNX file", name, str(part.sha256),
+                         missing="re-export the model", changed="re-export or re-install the model")
 
 
 def verify_int8_part(model_dir: str | Path, manifest: Manifest, name: str) -> Path | None:
     """Path of part ``name``'s QDQ graph after its sha256 check; None when the model or the part has none."""
-    from models.engines.cache import sha256_file
-
     if manifest.int8 is None or name not in manifest.int8.parts or manifest.int8.parts[name].onnx is None:
         return None
     part = manifest.int8.parts[name]
-    path = Path(model_dir) / str(part.onnx)
+    remedy = "re-export with `neopain export --int8`"
+    return _checked_file(Path(model_dir) / str(part.onnx), "INT8 file", name, str(part.sha256),
+                         missing=remedy, changed=remedy)
+
+
+def _checked_file(path: Path, what: str, name: str, expected_sha256: str, *, missing: str, changed: str) -> Path:
+    """``path`` after checking that it exists and that its sha256 is the manifest's (what/name/remedies: the
+    error's words)."""
+    from models.engines.cache import sha256_file
+
     if not path.is_file():
-        raise ManifestError(f"INT8 file {path} of part {name!r} is missing; re-export with `neopain export --int8`")
+        raise ManifestError(f"{what} {path} of part {name!r} is missing; {missing}")
     digest = sha256_file(path)
-    if digest != part.sha256:
+    if digest != expected_sha256:
         raise ManifestError(
-            f"INT8 file {path} of part {name!r} is corrupted or replaced (sha256 {digest[:12]}... vs manifest "
-            f"{str(part.sha256)[:12]}...); re-export with `neopain export --int8`"
+            f"{what} {path} of part {name!r} is corrupted or replaced (sha256 {digest[:12]}... vs manifest "
+            f"{expected_sha256[:12]}...); {changed}"
         )
     return path
 

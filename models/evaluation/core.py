@@ -10,7 +10,7 @@ from typing import Sequence
 
 import numpy as np
 
-from models.evaluation import metrics as metrics_mod
+from models.evaluation.metrics import PRED_PREFIX, compute, model_labels
 from models.evaluation.plots import write_plots
 from models.evaluation.predictors import Predictor, load_models, unique_labels
 from models.evaluation.report import markdown
@@ -29,10 +29,10 @@ def report_table(cols: dict[str, np.ndarray], out_dir: str | Path, source: str, 
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    labels = metrics_mod.model_labels(cols)
+    labels = model_labels(cols)
     if not labels:
         raise ValueError("the evaluation table has no pred_<model> column")
-    metrics = metrics_mod.compute(cols, training_median=training_median, median_source=median_source)
+    metrics = compute(cols, training_median=training_median, median_source=median_source)
     if no_ceiling and not metrics["ceiling"]["available"]:
         metrics["ceiling"]["reason"] = no_ceiling
     metrics["source"] = source
@@ -80,7 +80,7 @@ def score_dataset(models: Sequence[Predictor], data: str | Path, cache_dir: str 
         key = json.dumps(m.config.to_dict(), sort_keys=True)
         if key not in samples:
             samples[key] = samples_from_windows(windows, m.config, progress=progress)
-        cols[metrics_mod.PRED_PREFIX + m.label] = m.predict(samples[key])
+        cols[PRED_PREFIX + m.label] = m.predict(samples[key])
     return join_truth(cols, read_truth(data))
 
 
