@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from models.studies.runner import Step
+if TYPE_CHECKING:  # the runner pulls in models.data (OpenCV, SciPy): the demo reads TrainRecipe without them
+    from models.studies.runner import Step
 
 COHORTS = "cohorts"
 DEFAULT_WORK = Path.home() / ".cache" / "neopain" / "studies"
@@ -37,6 +39,8 @@ def _num(value: float) -> str:
 
 def synth_step(work: Path, role: str, n_infants: int, seed: int, minutes: float) -> Step:
     """A synthetic cohort ``WORK/cohorts/<role>-s<seed>-n<N>`` (role: train or test)."""
+    from models.studies.runner import Step
+
     out = work / COHORTS / f"{role}-s{seed}-n{n_infants}"
     args = ["synth", "--out", str(out), "--infants", str(n_infants), "--seed", str(seed), "--minutes", _num(minutes),
             "--quiet"]
@@ -46,6 +50,8 @@ def synth_step(work: Path, role: str, n_infants: int, seed: int, minutes: float)
 def train_step(name: str, data: Path, out: Path, recipe: TrainRecipe, models: tuple[str, ...], seed: int, *,
                folds: int | None = None, final: bool = False) -> Step:
     """``neopain train`` of ``models`` on ``data`` into ``out`` (``folds`` overrides the recipe's)."""
+    from models.studies.runner import Step
+
     args = ["train", "--data", str(data), "--out", str(out), "--config", recipe.config, "--models", ",".join(models),
             "--folds", str(recipe.folds if folds is None else folds), "--epochs", str(recipe.epochs),
             "--seed", str(seed), "--quiet"]
@@ -54,5 +60,7 @@ def train_step(name: str, data: Path, out: Path, recipe: TrainRecipe, models: tu
 
 def evaluate_step(name: str, model: Path, data: Path, out: Path, cache: Path) -> Step:
     """``neopain evaluate --model`` of trained models on another cohort (decoded windows cached once)."""
+    from models.studies.runner import Step
+
     args = ["evaluate", "--model", str(model), "--data", str(data), "--out", str(out), "--cache", str(cache), "--quiet"]
     return Step(name, args, out)
