@@ -169,15 +169,18 @@ def make_score() -> Any:
 @pytest.fixture
 def device(tmp_path: Path) -> Iterator[Any]:
     """Real appliance publishers (outbox, LWT, status, health) for simulated beds: ``device(port, bed, site=...,
-    health=...)``; ``health`` adds fields to each health message (``state``, ``detail``)."""
+    health=..., **config)``; ``health`` adds fields to each health message (``state``, ``detail``), ``config``
+    overrides ``PublisherConfig`` fields (e.g. ``confirm_grace_s``, ``health_interval_s``, credentials)."""
     from appliance.mqtt.publisher import ConnectionState, Publisher, PublisherConfig
 
     made: list[Publisher] = []
 
-    def make(port: int, bed: str, site: str = "nicu", *, health: dict[str, Any] | None = None) -> Publisher:
-        cfg = PublisherConfig(host="127.0.0.1", port=port, site=site, bed=bed, device_id=f"dev-{bed}",
-                              outbox_path=tmp_path / f"outbox-{site}-{bed}.db", health_interval_s=60,
-                              score_expiry_s=120.0)
+    def make(port: int, bed: str, site: str = "nicu", *, health: dict[str, Any] | None = None,
+             **config: Any) -> Publisher:
+        fields: dict[str, Any] = dict(host="127.0.0.1", port=port, site=site, bed=bed, device_id=f"dev-{bed}",
+                                      outbox_path=tmp_path / f"outbox-{site}-{bed}.db", health_interval_s=60,
+                                      score_expiry_s=120.0)
+        cfg = PublisherConfig(**{**fields, **config})
         pub = Publisher(cfg, health_provider=lambda: {"sources": {"camera": True, "monitor": True}, **(health or {})})
         pub.start()
         assert pub.wait_for(lambda p: p.state is ConnectionState.CONNECTED, 5), pub.last_error

@@ -14,20 +14,18 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import io
-import json
 import logging
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import jsonschema
-import pytest
 
 from appliance import clock
 from appliance.mqtt import messages
-from appliance.mqtt.publisher import ConnectionState, Publisher, PublisherConfig
+from appliance.mqtt.publisher import Publisher
 from appliance.station import fhir
 from appliance.station.bridge import Bridge, BridgeService
 from appliance.station.connection import BrokerOptions
@@ -38,24 +36,9 @@ CONFIRMATION = jsonschema.Draft202012Validator(messages.CONFIRMATION_SCHEMA)
 MODS = {"video": {"used": True, "weight": 1.0}}
 
 
-@pytest.fixture
-def device(tmp_path: Path) -> Iterator[Callable[..., Publisher]]:
-    made: list[Publisher] = []
-
-    def make(port: int, *, bed: str = "1", site: str = "nicu", grace_s: float = 1.5, **over: Any) -> Publisher:
-        cfg = PublisherConfig(host="127.0.0.1", port=port, site=site, bed=bed, device_id=f"dev-{bed}",
-                              outbox_path=tmp_path / f"outbox-{bed}.db", health_interval_s=0.5,
-                              score_expiry_s=120.0, confirm_grace_s=grace_s, reconnect_min_s=1, reconnect_max_s=1,
-                              **over)
-        pub = Publisher(cfg, health_provider=lambda: {"sources": {"camera": True}})
-        pub.start()
-        assert pub.wait_for(lambda p: p.state is ConnectionState.CONNECTED, 5), pub.last_error
-        made.append(pub)
-        return pub
-
-    yield make
-    for p in made:
-        p.stop()
+#: The devices of these tests report health every 0.5 s and reconnect within 1 s (the shared ``device`` fixture,
+#: tests/appliance/station/conftest.py, with these fields of PublisherConfig).
+FAST = {"health_interval_s": 0.5, "reconnect_min_s": 1, "reconnect_max_s": 1}
 
 
 def score(pub: Publisher) -> dict[str, Any]:
@@ -94,7 +77,7 @@ def test_watch_confirms_everything_and_health_says_zero_unconfirmed(broker: Any,
                                                                     subscriber_factory: Any, caplog: Any) -> None:
     caplog.set_level(logging.INFO, logger="appliance.mqtt.confirmations")
     # Grace well above the watch's confirmation interval (1 s), so a slow CI machine cannot make a false gap.
-    pub = device(broker.port, grace_s=4.0)
+    pub = device(broker.port, "1", confirm_grace_s=4.0, **FAST)
     sub = subscriber_factory(broker.port, ["neopain/nicu/1/health", "neopain/nicu/1/confirm/+"])
     first = score(pub)  # before any station: nothing can be judged, and health must not say "0 unconfirmed"
 
@@ -149,7 +132,7 @@ def test_station_that_missed_scores_shows_in_device_health_and_log(broker_factor
                                                                    caplog: Any) -> None:
     caplog.set_level(logging.INFO, logger="appliance.mqtt.confirmations")
     b = broker_factory(["max_queued_messages 10"])
-    pub = device(b.port, grace_s=2.0)
+    pub = device(b.port, "1", confirm_grace_s=2.0, **FAST)
     sub = subscriber_factory(b.port, ["neopain/nicu/1/health"])
     out = tmp_path / "fhir"
 
@@ -208,7 +191,7 @@ def test_acl_station_writes_confirmations_beds_only_read_their_own(broker_factor
     site, bed, other = secure_broker.SITE, *secure_broker.BEDS
     pwfile = tmp_path / "bed.pw"
     pwfile.write_text(secure_broker.password(bed) + "\n")
-    pub = device(b.port, site=site, bed=bed, username=bed, password_file=pwfile)
+    pub = device(b.port, bed, site=site, confirm_grace_s=1.5, username=bed, password_file=pwfile, **FAST)
 
     def client(user: str, pw: str) -> mqtt.Client:
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
