@@ -32,6 +32,7 @@ from typing import Any, Iterator, Mapping
 
 from appliance.mqtt import topics
 from appliance.textcut import cut
+from models.configs import CONFIGS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -44,7 +45,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/neopain/appliance.toml")
 # MQTT topic levels and systemd credential names: no '/', '+', '#', spaces or control characters.
 _NAME_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 _BACKENDS = ("tensorrt", "onnxruntime", "torch")
-_MODEL_CONFIGS = ("full", "tiny")  # models/configs.py CONFIGS; not imported here so that a check never loads torch
+_MODEL_CONFIGS = tuple(sorted(CONFIGS))  # models.configs is plain dataclasses: a config check loads no torch
 MODEL_CONFIG_AUTO = "auto"  # scoring.model_config: the size the exported model's manifest names
 _BAUDS = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
 

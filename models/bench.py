@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
-from models.configs import ModelConfig
+from models.configs import CONFIGS, ModelConfig
 from models.features.inputs import RawWindow, model_inputs
 
 if TYPE_CHECKING:
@@ -608,7 +608,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-dir", help="exported model directory (neopain export)")
     source.add_argument("--random", action="store_true", help="export random weights of --config to a temporary directory first")
-    parser.add_argument("--config", choices=["tiny", "full"], default="full", help="with --random: network size (default full)")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="full", help="with --random: network size (default full)")
     parser.add_argument("--backends", default="torch,onnxruntime,tensorrt", help="comma-separated (default: all three)")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per backend (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first (default 3)")

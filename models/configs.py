@@ -190,7 +190,37 @@ def tiny_config() -> ModelConfig:
     )
 
 
-CONFIGS = {"full": full_config, "tiny": tiny_config}
+def small_config() -> ModelConfig:
+    """Between tiny and full, to ask whether capacity limits the model (issue 14's learning curve).
+
+    The full topology (I3D-R50's 3-4-6-3 bottlenecks and temporal kernels, 16 frames, VGGish's 4 blocks, a
+    2-layer cry transformer, 2 fusion layers) at a quarter of the widths and a 64 px crop, so that CPU
+    training on a synthetic cohort stays within minutes per model. Not a device size: published checkpoints
+    do not fit it.
+    """
+    return ModelConfig(
+        name="small",
+        video=VideoConfig(
+            crop_size=64,
+            stem_dim=16,
+            stage_widths=(16, 32, 64, 128),
+            num_classes=0,
+        ),
+        audio=AudioConfig(
+            vggish_channels=(16, 32, 64, 128),
+            vggish_fc=256,
+            embedding_dim=64,
+            transformer_dim=64,
+            transformer_heads=4,
+            transformer_layers=2,
+            transformer_ff=128,
+        ),
+        vitals=VitalsConfig(conv_channels=(16, 32, 64), out_dim=64),
+        fusion=FusionConfig(dim=64, heads=4, layers=2, modality_dropout=0.1),
+    )
+
+
+CONFIGS = {"full": full_config, "small": small_config, "tiny": tiny_config}
 
 
 def get_config(name: str) -> ModelConfig:

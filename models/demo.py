@@ -14,7 +14,7 @@ import time
 import numpy as np
 import torch
 
-from models.configs import MODALITIES, NIPS_MAX, get_config
+from models.configs import CONFIGS, MODALITIES, NIPS_MAX, get_config
 from models.estimator import INPUT_NAMES, create_pain_estimator
 from models.features.inputs import RawWindow, model_inputs
 
@@ -64,7 +64,7 @@ def run_smoke_demo(config_name: str = "tiny", seed: int = 0) -> int:
 
 
 def add_smoke_demo_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
-    parser.add_argument("--config", default="tiny", choices=["tiny", "full"], help="network size (default: tiny)")
+    parser.add_argument("--config", default="tiny", choices=sorted(CONFIGS), help="network size (default: tiny)")
     parser.add_argument("--seed", type=int, default=0)
 
 

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from models.configs import CONFIGS
 from models.engines.base import EngineError
 
 DEFAULT_OUTPUT_NAMES = ("nips", "item_logits", "modality_weights")
@@ -414,7 +415,7 @@ def add_export_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F8
     source.add_argument("--checkpoint", help="training checkpoint (kind 'fusion', from `neopain train`; "
                         "RUN/final/fusion.pt carries the model_card.json beside it into the manifest) or estimator.pt")
     source.add_argument("--random", action="store_true", help="random weights (for benchmarks and tests)")
-    parser.add_argument("--config", choices=["tiny", "full"], help="network size; required with --random "
+    parser.add_argument("--config", choices=sorted(CONFIGS), help="network size; required with --random "
                         "(a checkpoint carries its own, and must match if given)")
     parser.add_argument("--out", required=True, help="model directory to write (ONNX parts, estimator.pt, manifest.json)")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset, 17-20 (default: 17)")

@@ -31,6 +31,8 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from models.configs import CONFIGS
+
 EXIT_NO_GPU = 3
 BUDGET_S = 8 * 60
 NEOPAIN = (sys.executable, "-m", "appliance.cli")  # the `neopain` command of this interpreter
@@ -58,7 +60,7 @@ def nvidia_gpus() -> tuple[list[str], str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="report directory (report.json, report.txt, logs)")
     parser.add_argument("--work", help="where the model and engines go (default: OUT/work)")
-    parser.add_argument("--config", choices=["full", "tiny"], default="full", help="network size (default full)")
+    parser.add_argument("--config", choices=sorted(CONFIGS), default="full", help="network size (default full)")
     parser.add_argument("--batches", default="1,8", help="comma-separated batch sizes to bench (default 1,8)")
     parser.add_argument("--runs", type=int, default=20, help="timed runs per bench (default 20)")
     parser.add_argument("--calibration-windows", type=int, default=16, help="synthetic INT8 calibration windows (default 16)")

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from models.configs import ModelConfig, get_config
+from models.configs import CONFIGS, ModelConfig, get_config
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def format_summary(rows: list[NetworkSummary]) -> str:
 
 
 def add_summary_arguments(parser: "argparse.ArgumentParser") -> None:  # noqa: F821
-    parser.add_argument("--config", default="full", choices=["tiny", "full"], help="network size (default: full)")
+    parser.add_argument("--config", default="full", choices=sorted(CONFIGS), help="network size (default: full)")
 
 
 def run_summary(args: "argparse.Namespace") -> int:  # noqa: F821

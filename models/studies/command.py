@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from models.configs import CONFIGS
 from models.studies.fusion import FusionStudy
 from models.studies.learning_curve import CurveStudy
 from models.studies.recipe import DEFAULT_WORK, TrainRecipe
@@ -32,7 +33,7 @@ def _common(parser: argparse.ArgumentParser, models: tuple[str, ...]) -> None:
     parser.add_argument("--report", type=Path, default=DEFAULT_REPORT,
                         help=f"folder for the Markdown report, PNGs and JSON (default {DEFAULT_REPORT})")
     parser.add_argument("--models", default=",".join(models), help=f"model kinds (default {','.join(models)})")
-    parser.add_argument("--config", default=r.config, choices=("tiny", "full"))
+    parser.add_argument("--config", default=r.config, choices=sorted(CONFIGS))
     parser.add_argument("--folds", type=int, default=r.folds, help=f"CV folds (default {r.folds})")
     parser.add_argument("--epochs", type=int, default=r.epochs, help=f"training epochs (default {r.epochs})")
     parser.add_argument("--minutes", type=float, default=r.minutes, help=f"minutes per recording (default {r.minutes:g})")

@@ -2,7 +2,8 @@
 unseen cohort, beside the ceiling (truth total vs the mean rater on that cohort).
 
 The training cohorts are the first N infants of one synthetic cohort (:func:`models.studies.runner.subset_cohort`:
-identical to synthesising N infants with that seed), so a larger cohort only adds infants. Each size trains
+identical to synthesising N infants with that seed, and named like it), so a larger cohort only adds infants
+and a study extended with larger sizes retrains none of the sizes it has. Each size trains
 ``neopain train --folds 0 --final`` for the recipe's fixed epochs (no CV: the epochs are the recipe's, the
 same at every size) and ``neopain evaluate --model RUN/final --data TEST`` scores the models on the test
 cohort, drawn with another seed.
@@ -17,7 +18,7 @@ from pathlib import Path
 from models.studies.plots import curve_plot
 from models.studies.recipe import TrainRecipe, evaluate_step, synth_step, train_step
 from models.studies.report import curve_markdown, publish
-from models.studies.runner import Runner, Step, subset_cohort
+from models.studies.runner import STEP_FILE, Runner, Step, subset_cohort
 
 STUDY_JSON = "learning_curve.json"
 STUDY_MD = "learning_curve.md"
@@ -43,7 +44,9 @@ def steps(study: CurveStudy, work: Path) -> tuple[Step, Step, list[tuple[int, St
     test = synth_step(work, "test", study.test_infants, study.test_seed, study.recipe.minutes)
     per_size = []
     for n in sorted(study.sizes):
-        data = full.out if n == study.cohort_infants else work / "cohorts" / f"{full.out.name}-first{n}"
+        # The first n infants of the cohort are the cohort of n with the same seed (subset_cohort), so they
+        # carry its name: a study extended to a larger cohort reuses the runs of the sizes it already has.
+        data = synth_step(work, "train", n, study.cohort_seed, study.recipe.minutes).out
         run = work / "curve" / f"n{n}"
         train = train_step(f"curve train n={n}", data, run, study.recipe, study.models, study.train_seed, folds=0,
                            final=True)
@@ -98,8 +101,9 @@ def run_study(study: CurveStudy, work: Path, report_dir: Path, progress: bool = 
     runner = Runner(work, progress)
     runner.run([full, test])
     for n, train, _ in per_size:
-        if n != study.cohort_infants:
-            subset_cohort(full.out, n, Path(train.args[train.args.index("--data") + 1]))
+        data = Path(train.args[train.args.index("--data") + 1])
+        if n != study.cohort_infants and not (data / STEP_FILE).is_file():  # not a cohort synthesised at that size
+            subset_cohort(full.out, n, data)
     log = runner.run([train for _, train, _ in per_size], jobs)
     log = runner.run([evaluate for _, _, evaluate in per_size])
     result = read_curve([(n, evaluate.out / METRICS) for n, _, evaluate in per_size])

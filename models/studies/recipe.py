@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from models.recipe import DEFAULT_CONFIG, DEFAULT_EPOCHS
+
 if TYPE_CHECKING:  # the runner pulls in models.data (OpenCV, SciPy): the demo reads TrainRecipe without them
     from models.studies.runner import Step
 
@@ -23,9 +25,9 @@ DEFAULT_WORK = Path.home() / ".cache" / "neopain" / "studies"
 class TrainRecipe:
     """How every model of a study is trained (``neopain train`` options)."""
 
-    config: str = "tiny"
+    config: str = DEFAULT_CONFIG
     folds: int = 3
-    epochs: int = 12
+    epochs: int = DEFAULT_EPOCHS
     minutes: float = 1.0  # length of each synthetic recording
 
     def describe(self) -> str:

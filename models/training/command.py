@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Iterable
 
 from models.checkpoints.formats import AUDIO_FORMATS, AUTO, VIDEO_FORMATS, VIDEO_FAMILY_FIELDS
-from models.configs import ModelConfig
+from models.configs import CONFIGS, ModelConfig
+from models.recipe import DEFAULT_CONFIG
 from models.training.config import MODEL_KINDS, TrainConfig
 from models.training.session import LOG_NAME, TrainSession
 
@@ -27,10 +28,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     d = TrainConfig()
     parser.add_argument("--data", required=True, help="dataset root (see docs/dataset.md)")
     parser.add_argument("--out", required=True, help="run folder: checkpoints, samples cache, predictions.csv, final/")
-    parser.add_argument("--config", default="tiny", choices=["tiny", "full"], help="network size (default: tiny)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, choices=sorted(CONFIGS),
+                        help=f"network size (default: {DEFAULT_CONFIG})")
     parser.add_argument("--models", default=",".join(MODEL_KINDS), help="comma-separated model kinds")
     parser.add_argument("--folds", type=int, default=d.folds, help=f"subject-wise CV folds; 0: no CV (default {d.folds})")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
+    parser.add_argument("--epochs", type=int, default=d.epochs, help=f"training epochs (default {d.epochs})")
     parser.add_argument("--batch-size", type=int, default=d.batch_size,
                         help=f"global batch of one step, over all processes (default {d.batch_size})")
     parser.add_argument("--micro-batches", type=int, default=d.micro_batches,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.estimator import BASELINES
+from models.recipe import DEFAULT_EPOCHS
 
 MODEL_KINDS = ("fusion",) + BASELINES
 # BatchNorm in train mode needs two samples per channel: a micro-batch smaller than this is skipped.
@@ -25,7 +26,7 @@ class TrainConfig:
     frozen, the rest train everything with the encoders' learning rate multiplied by ``encoder_lr_scale``.
     """
 
-    epochs: int = 30
+    epochs: int = DEFAULT_EPOCHS
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-2

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.configs import MODALITIES, NIPS_MAX, full_config, tiny_config
+from models.configs import MODALITIES, NIPS_MAX, full_config, get_config, small_config, tiny_config
 from models.estimator import (
     BASELINES,
     INPUT_NAMES,
@@ -53,6 +53,25 @@ def test_estimator_forward_tiny() -> None:
     assert isinstance(model, PainEstimator)
     with torch.no_grad():
         check_outputs(model(**example_inputs(CFG, batch=2)), 2)
+
+
+def test_small_config_is_the_full_topology_at_smaller_widths() -> None:
+    """``small`` answers whether capacity limits the model: the same blocks, kernels and layer counts as
+    ``full``, narrower and on a smaller crop, and it runs end to end."""
+    small, full = small_config(), full_config()
+    assert get_config("small") == small
+    for part in ("video", "audio", "fusion"):
+        s, f = getattr(small, part), getattr(full, part)
+        differs = {k for k in dataclasses.asdict(f) if getattr(s, k) != getattr(f, k)}
+        assert differs <= {"crop_size", "stem_dim", "stage_widths", "vggish_channels", "vggish_fc", "embedding_dim",
+                           "transformer_dim", "transformer_ff", "dim", "modality_dropout"}, (part, differs)
+    torch.manual_seed(0)
+    model = create_pain_estimator(small).eval()
+    n_small = sum(p.numel() for p in model.parameters())
+    n_tiny = sum(p.numel() for p in create_pain_estimator(CFG).parameters())
+    assert 5 * n_tiny < n_small < 10_000_000
+    with torch.no_grad():
+        check_outputs(model(**example_inputs(small, batch=2)), 2)
 
 
 def test_estimator_ignores_absent_modality_inputs() -> None:

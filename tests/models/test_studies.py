@@ -118,3 +118,19 @@ def test_rerun_keeps_the_hand_written_reading_and_bad_options_exit_2(tmp_path, c
     assert "--seeds must be comma-separated integers, got '0,x'" in capsys.readouterr().err
     assert main(["study", "learning-curve", "--work", str(tmp_path), "--sizes", "15,90"]) == 2
     assert "--sizes 90 exceeds --cohort-infants 60" in capsys.readouterr().err
+
+
+def test_a_learning_curve_extended_to_a_larger_cohort_reuses_every_size_it_has(tmp_path):
+    """Each size's training cohort is named like the cohort of that size (the first n infants are that cohort),
+    so the runs of a 60-infant study are the runs a 300-infant study with those sizes asks for."""
+    from models.studies.learning_curve import CurveStudy, steps
+
+    def train_args(study):
+        return {n: train.args for n, train, _ in steps(study, tmp_path)[2]}
+
+    small = train_args(CurveStudy(sizes=(15, 60), cohort_infants=60))
+    large = train_args(CurveStudy(sizes=(15, 60, 300), cohort_infants=300))
+    assert large[15] == small[15] and large[60] == small[60]
+    full, _, _ = steps(CurveStudy(sizes=(15, 60, 300), cohort_infants=300), tmp_path)
+    assert large[300][large[300].index("--data") + 1] == str(full.out)
+    assert large[60][large[60].index("--data") + 1] == str(full.out.with_name("train-s0-n60"))
