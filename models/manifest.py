@@ -142,6 +142,7 @@ def preprocessing_constants(cfg: ModelConfig) -> dict[str, Any]:
     """Every constant of ``models.features`` that decides what the network sees, as JSON-ready values."""
     from models.features import audio as fa
     from models.features import vitals as fv
+    from models.features.video import RESIZE_RULE
 
     v, a, t = cfg.video, cfg.audio, cfg.vitals
     constants = {
@@ -152,7 +153,7 @@ def preprocessing_constants(cfg: ModelConfig) -> dict[str, Any]:
             "std": list(v.std),
             "pixel_scale": v.pixel_scale,
             "layout": "RGB uint8 (T,H,W,3) -> (3,T,H,W) float32",
-            "resize": "cv2.INTER_AREA",
+            "resize": RESIZE_RULE,
             "frame_sampling": "uniform linspace, first and last included",
         },
         "audio": {

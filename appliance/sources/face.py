@@ -20,12 +20,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 
 from appliance.config import default
 from appliance.sources.camera import Frame
 from appliance.sources.face_detectors import DETECTORS, Box, FaceDetector, make_detector
+from models.features.video import resize_face
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +121,11 @@ def square_box(box: Box, margin: float, frame_w: int, frame_h: int) -> Box:
 
 
 def crop_square(image: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
-    """Cut the square (margin-widened) region of ``box`` from ``image`` and resize it to ``size`` x ``size``."""
+    """Cut the square (margin-widened) region of ``box`` from ``image`` and resize it to ``size`` x ``size`` with
+    the resize the networks are trained with (:func:`models.features.video.resize_face`)."""
     h, w = image.shape[:2]
     x0, y0, side, _ = square_box(box, margin, w, h)
-    patch = image[y0:y0 + side, x0:x0 + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(patch, (size, size), interpolation=interp)
+    return resize_face(image[y0:y0 + side, x0:x0 + side], size)
 
 
 def roi_error(roi: Box, frame_w: int, frame_h: int) -> str | None:

@@ -13,9 +13,13 @@ from models.training.distributed import Distributed
 
 
 def samples_path(out_dir: Path, cfg: ModelConfig) -> Path:
-    """The cache file: named by the config's name and a hash of all of it, because pre-processing follows the
-    config (crop size, frames, and the normalisation an init checkpoint's family brings)."""
-    digest = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    """The cache file: named by the config's name and a hash of all of it and of the pre-processing rules
+    (the manifest's constants), because pre-processing follows the config (crop size, frames, the normalisation
+    an init checkpoint's family brings) and the code (a changed resize): a stale cache is never reused."""
+    from models.manifest import preprocessing_constants
+
+    key = {"config": cfg.to_dict(), "preprocessing": preprocessing_constants(cfg)}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
     return out_dir / f"samples.{cfg.name}-{digest}.pt"
 
 
