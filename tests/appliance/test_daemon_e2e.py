@@ -10,7 +10,6 @@ datagram socket given as ``NOTIFY_SOCKET``.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -21,35 +20,16 @@ import jsonschema
 import pytest
 
 from appliance.mqtt import messages
+from tests.appliance.daemon_fixtures import cohort, model_dir
+from tests.appliance.daemon_harness import ROOT, DaemonProcess, NotifySocket
+from tests.appliance.mqtt.broker import broker_factory, subscriber_factory
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from daemon_harness import ROOT, DaemonProcess, NotifySocket  # noqa: E402
-
-# Reuse the MQTT tests' broker and subscriber fixtures (a real mosquitto on a free port).
-_spec = importlib.util.spec_from_file_location("neopain_mqtt_helpers", HERE / "mqtt" / "conftest.py")
-_mqtt = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(_mqtt, "Broker"):
-    _spec.loader.exec_module(_mqtt)  # type: ignore[union-attr]
-broker_factory = _mqtt.broker_factory
-subscriber_factory = _mqtt.subscriber_factory
+# Shared fixtures, imported (pytest finds a module's fixtures by attribute name): a small cohort and the tiny
+# model (module scope), the MQTT tests' real mosquitto and subscriber.
+__all__ = ["cohort", "model_dir", "broker_factory", "subscriber_factory"]
 
 SCORE_VALIDATOR = jsonschema.Draft202012Validator(messages.SCORE_SCHEMA)
 HEALTH_VALIDATOR = jsonschema.Draft202012Validator(messages.HEALTH_SCHEMA)
-
-
-@pytest.fixture(scope="module")
-def cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from appliance.devtools.simulate import synth_bed_cohort
-
-    return synth_bed_cohort(tmp_path_factory.mktemp("cohort"), minutes=0.5, seed=3, video_size=112)
-
-
-@pytest.fixture(scope="module")
-def model_dir(tiny_model_dir: Path) -> Path:
-    """The deployable tiny model (tests/conftest.py: a final checkpoint with its model card, exported); modules
-    that borrow this module's fixtures get it by this name."""
-    return tiny_model_dir
 
 
 def _write_config(bed, path: Path, port: int, model_dir: Path) -> Path:

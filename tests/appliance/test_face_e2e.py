@@ -8,23 +8,16 @@ the only enabled sensor in both runs, so every score is a video score and its ab
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from daemon_harness import DaemonProcess  # noqa: E402
+from tests.appliance.daemon_harness import DaemonProcess
+from tests.appliance.mqtt.broker import broker_factory, subscriber_factory
 
-_spec = importlib.util.spec_from_file_location("neopain_mqtt_helpers", HERE / "mqtt" / "conftest.py")
-_mqtt = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(_mqtt, "Broker"):
-    _spec.loader.exec_module(_mqtt)  # type: ignore[union-attr]
-broker_factory = _mqtt.broker_factory
-subscriber_factory = _mqtt.subscriber_factory
+# The MQTT tests' real mosquitto and subscriber (pytest finds a module's fixtures by attribute name).
+__all__ = ["broker_factory", "subscriber_factory"]
 
 
 @pytest.fixture(scope="module")

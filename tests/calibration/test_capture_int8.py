@@ -23,10 +23,7 @@ from calibration.capture_int8 import (EXIT_CONFIG, WindowCapture, add_capture_in
 from calibration.commission.files import private_dir
 from models.configs import MODALITIES, tiny_config
 from models.estimator import INPUT_NAMES
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent / "appliance"))
-from daemon_harness import ROOT  # noqa: E402
+from tests.appliance.daemon_harness import ROOT
 
 T = 1_000 * NS_PER_S  # the window end, on an arbitrary monotonic clock
 PERIOD = 1024

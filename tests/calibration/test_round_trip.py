@@ -21,7 +21,6 @@ infants and ratings are lowered through ``calibrate fit``'s options, not in the 
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -38,27 +37,13 @@ import pytest
 
 from appliance.scoring import bundles
 from calibration import bundle as B
+from tests.appliance.daemon_fixtures import cohort
+from tests.appliance.daemon_harness import ROOT, DaemonProcess, NotifySocket
+from tests.appliance.mqtt.broker import broker_factory, publish_raw, subscriber_factory
 
-APPLIANCE_TESTS = Path(__file__).resolve().parents[1] / "appliance"
-sys.path.insert(0, str(APPLIANCE_TESTS))
-from daemon_harness import ROOT, DaemonProcess, NotifySocket  # noqa: E402
-
-
-def _load(name: str, path: Path) -> Any:
-    """Import a helper test module once (shared with the daemon e2e test: same broker and model fixtures)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return sys.modules[name]
-
-
-_mqtt = _load("neopain_mqtt_helpers", APPLIANCE_TESTS / "mqtt" / "conftest.py")
-_e2e = _load("neopain_daemon_e2e", APPLIANCE_TESTS / "test_daemon_e2e.py")
-broker_factory = _mqtt.broker_factory
-subscriber_factory = _mqtt.subscriber_factory
-cohort = _e2e.cohort
+# Shared with the daemon e2e test (pytest finds a module's fixtures by attribute name): the same cohort (module
+# scope), real mosquitto and subscriber.
+__all__ = ["cohort", "broker_factory", "subscriber_factory"]
 
 INFANTS = ("I01", "I02", "I03")
 RATINGS_PER_INFANT = 7
@@ -129,7 +114,7 @@ class Site:
         self.daemon, self.sub, self.port, self.db = daemon, sub, port, db
 
     def command(self, name: str, args: dict[str, Any]) -> None:
-        _mqtt.publish_raw(self.port, f"{PREFIX}/cmd/{name}", json.dumps(args))
+        publish_raw(self.port, f"{PREFIX}/cmd/{name}", json.dumps(args))
 
     def scores(self) -> list[dict[str, Any]]:
         return [m.json() for m in self.sub.on_topic("/score")]

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -26,9 +24,7 @@ from models.checkpoints.i3d import (
 )
 from models.configs import IMAGENET_MEAN_255, IMAGENET_STD_255, VideoConfig
 from models.video import I3DResNet, create_i3d_r50
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from foreign_checkpoints import foreign_state, randomised, to_mmaction2  # noqa: E402
+from tests.models.foreign_checkpoints import foreign_state, randomised, to_mmaction2
 
 # Small, but with several blocks per stage and both temporal kernel sizes, so block indices and
 # conv_a kernels are exercised; a 5-way head so the classifier mapping is too.

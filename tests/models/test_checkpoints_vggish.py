@@ -7,8 +7,6 @@ files in exactly that layout.
 from __future__ import annotations
 
 import dataclasses
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -17,9 +15,7 @@ from models.audio import create_vggish
 from models.checkpoints import CheckpointError
 from models.checkpoints.vggish import load_torchvggish
 from models.configs import full_config, tiny_config
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from foreign_checkpoints import TorchVGGish  # noqa: E402
+from tests.models.foreign_checkpoints import TorchVGGish
 
 TINY = tiny_config().audio
 FULL = full_config().audio

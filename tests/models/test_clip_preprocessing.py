@@ -111,15 +111,40 @@ def _scene(side: int, seed: int) -> np.ndarray:
     return np.clip(coarse + fine, 0, 255).astype(np.uint8)
 
 
-@pytest.mark.parametrize("side", [1000, 720, 672, 500, 449])
-def test_the_two_step_resize_stays_close_to_one_area_resize(side: int) -> None:
-    """The box-then-bilinear rule was chosen for speed; it must give the network what area averaging gives. The
-    worst case is just under an integer factor (449 px: 1 px trimmed, the grid shifted by up to 0.9 px)."""
-    image = _scene(side, side)
+@pytest.mark.parametrize("photo", ["astronaut", "coffee", "chelsea", "rocket"])
+@pytest.mark.parametrize("side", [1000, 720, 672])
+def test_the_two_step_resize_stays_near_one_area_resize_on_photographs(photo: str, side: int) -> None:
+    """The box-then-bilinear rule was chosen for speed (docs/benchmarks/int8_cpu.md); on real photographs
+    scaled to a face's size it stays within 2.5 grey levels on average of one area resize (measured 1.1-1.9;
+    the largest single differences, up to about 60, sit on sharp edges). At an integer factor both are the box mean."""
+    from skimage import data
+
+    image = getattr(data, photo)()
+    square = np.ascontiguousarray(image[:min(image.shape[:2]), :min(image.shape[:2])])
+    image = cv2.resize(square, (side, side), interpolation=cv2.INTER_CUBIC)
     diff = np.abs(resize_face(image, 224).astype(int) - cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA))
-    assert diff.mean() < 2.0 and np.percentile(diff, 99) <= 8
-    if side % 224 == 0:  # an integer factor: both are the box mean
+    assert diff.mean() < (1.0 if side % 224 == 0 else 2.5)
+    if side % 224 == 0:
         assert diff.max() <= 1
+
+
+@pytest.mark.parametrize("side", [449, 701, 720, 1000])
+def test_the_two_step_resize_moves_a_face_by_less_than_half_an_output_pixel(side: int) -> None:
+    """Trimming the region to a multiple of k (fewer than k pixels) must not move the face: a small bright spot
+    lands where one area resize puts it, within half an output pixel (a sub-pixel shift, which a network that
+    sees faces jitter by many pixels between frames does not notice)."""
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float64)
+
+    def centroid(img: np.ndarray) -> np.ndarray:
+        w = img[..., 0].astype(np.float64)
+        gy, gx = np.mgrid[0:img.shape[0], 0:img.shape[1]]
+        return np.array([(w * gy).sum(), (w * gx).sum()]) / w.sum()
+
+    for cy, cx in ((0.1, 0.1), (0.5, 0.3), (0.93, 0.97)):
+        spot = 255 * np.exp(-((yy - cy * side) ** 2 + (xx - cx * side) ** 2) / (2 * (side / 100) ** 2))
+        image = np.repeat(spot[..., None], 3, axis=2).astype(np.uint8)
+        ours, area = centroid(resize_face(image, 224)), centroid(cv2.resize(image, (224, 224), interpolation=cv2.INTER_AREA))
+        assert np.abs(ours - area).max() <= 0.5, (side, cy, cx, ours, area)
 
 
 @pytest.mark.parametrize("period", [2, 3, 4])

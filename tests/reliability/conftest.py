@@ -2,25 +2,16 @@
 and ``record_result`` (rows for ``docs/reliability.md``, see ``results.py``)."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "appliance"))  # daemon_harness
-from results import ResultRow, record  # noqa: E402
+from tests.appliance.mqtt.broker import broker_factory, subscriber_factory
+from tests.reliability.results import ResultRow, record
 
-_spec = importlib.util.spec_from_file_location("neopain_mqtt_helpers", HERE.parent / "appliance" / "mqtt" / "conftest.py")
-_mqtt = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(_mqtt, "Broker"):
-    _spec.loader.exec_module(_mqtt)  # type: ignore[union-attr]
-broker_factory = _mqtt.broker_factory
-subscriber_factory = _mqtt.subscriber_factory
-free_port = _mqtt.free_port
+# The MQTT tests' broker fixtures, re-exported (pytest finds a conftest's fixtures by attribute name); this
+# module's own fixture follows.
+__all__ = ["broker_factory", "subscriber_factory"]
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ import numpy as np
 
 from appliance.devtools.simulate import PcmPipeFeeder, write_alsa_file_config
 from appliance.sources.microphone import wait_until as _wait_until
-from daemon_harness import DaemonProcess, NotifySocket
+from tests.appliance.daemon_harness import DaemonProcess, NotifySocket
 
 FAULT_PCM = "neopain_fault_mic"
 

@@ -13,18 +13,10 @@ is reproduced by its (seed, index) pair, which :class:`Mutator` keeps as ``last`
 """
 from __future__ import annotations
 
-import importlib.util
 import random
-import sys
-from pathlib import Path
 from typing import Sequence
 
-_CONFTEST = Path(__file__).resolve().parents[1] / "appliance" / "sources" / "monitor" / "conftest.py"
-_spec = importlib.util.spec_from_file_location("neopain_monitor_test_helpers", _CONFTEST)
-_helpers = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(_helpers, "apply_mutations"):
-    _spec.loader.exec_module(_helpers)  # type: ignore[union-attr]
-apply_mutations = _helpers.apply_mutations
+from tests.appliance.sources.monitor.mutations import apply_mutations
 
 FUZZER = ("seeded mutation fuzzer (tests/reliability/mutate.py; atheris 3.0.0 has a cp311 x86_64 wheel but no "
           "aarch64 one for the Jetson, and libFuzzer exits the process, so it would need a subprocess per parser)")

@@ -2,8 +2,9 @@
 
 Why this shape: it is the deployment issue 8 asks for, so the tests prove the device's behaviour against the
 broker policy a hospital would run, not against an open test broker. The throwaway PKI comes from the MQTT
-tests' ``make_pki`` (``openssl`` CLI: a CA, a server certificate for 127.0.0.1, a client certificate) and a
-second, unrelated CA stands for "a certificate the device must not trust".
+tests' ``make_pki`` (``tests/appliance/mqtt/pki.py``, ``openssl`` CLI: a CA, a server certificate for
+127.0.0.1, a client certificate) and a second, unrelated CA stands for "a certificate the device must not
+trust".
 
 Users: ``station`` (the central station: reads every bed, is the only one allowed to write ``cmd`` topics and
 the delivery confirmations ``confirm/<station-id>``), ``bed-12`` and ``bed-13`` (each writes only its own
@@ -13,19 +14,11 @@ global password file and ACL (``per_listener_settings false``), so even the plai
 """
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-_spec = importlib.util.spec_from_file_location("neopain_test_publish",
-                                               HERE.parent / "appliance" / "mqtt" / "test_publish.py")
-_publish_tests = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(_publish_tests, "make_pki"):
-    _spec.loader.exec_module(_publish_tests)  # type: ignore[union-attr]
-make_pki = _publish_tests.make_pki
+from tests.appliance.mqtt.pki import make_pki
 
 SITE = "sec"
 BEDS = ("bed-12", "bed-13")

@@ -13,7 +13,6 @@ default in CI; the docs table is generated with 60).
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import shutil
@@ -26,9 +25,10 @@ from typing import Iterator
 
 import pytest
 
-from fault_tools import (FAULT_PCM, FifoCamera, GarbageLine, PausableAlsaFeed, Rig, TcpProxy, build_wall_clock_shim,
-                         corrupt_file, wait_until)
-from daemon_harness import NotifySocket
+from tests.appliance.daemon_fixtures import cohort, model_dir
+from tests.appliance.daemon_harness import NotifySocket
+from tests.reliability.fault_tools import (FAULT_PCM, FifoCamera, GarbageLine, PausableAlsaFeed, Rig, TcpProxy,
+                                           build_wall_clock_shim, corrupt_file, wait_until)
 
 pytestmark = pytest.mark.slow
 
@@ -37,14 +37,9 @@ SECTION = "faults"
 
 
 # ------------------------------------------------------------------------------------------------- fixtures
-# One cohort and one exported tiny model for the module: the end-to-end daemon test's own fixtures.
-_spec = importlib.util.spec_from_file_location(
-    "neopain_daemon_e2e", Path(__file__).resolve().parent.parent / "appliance" / "test_daemon_e2e.py")
-_e2e = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(_e2e, "model_dir"):
-    _spec.loader.exec_module(_e2e)  # type: ignore[union-attr]
-cohort = _e2e.cohort
-model_dir = _e2e.model_dir
+# One cohort and one exported tiny model for the module: the end-to-end daemon test's fixtures, imported (pytest
+# finds a module's fixtures by attribute name).
+__all__ = ["cohort", "model_dir"]
 
 
 @pytest.fixture
@@ -443,7 +438,7 @@ def test_sigterm_during_publish(rig: Rig, model_dir: Path, record_result) -> Non
 
     restarts = 2
     if rig.wait_delivered(timeout=5):  # d2 left unacknowledged rows: the next start replays them
-        d3 = rig.start_daemon()
+        rig.start_daemon()
         rig.wait_more(2, 30)
         restarts = 3
     produced, delivered, lost = _lost_row(rig, rig.produced())
@@ -580,8 +575,8 @@ def test_state_files_heal_host_names_one_instance_and_bounded_topics(rig: Rig, m
     written over queued scores in its live outbox. A mistyped host is refused by check and run alike."""
     import sqlite3
 
-    from daemon_harness import ROOT
-    from fault_tools import PAGE_SIZE, checkpoint, overwrite_page, pages_holding, truncate_half
+    from tests.appliance.daemon_harness import ROOT
+    from tests.reliability.fault_tools import PAGE_SIZE, checkpoint, overwrite_page, pages_holding, truncate_half
 
     outbox = rig.bed.workdir / "outbox.sqlite3"
     sessions = rig.bed.workdir / "calibration-sessions.sqlite"

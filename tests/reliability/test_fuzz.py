@@ -12,9 +12,7 @@ parser (section ``fuzz``); the quick smoke runs 2,000 per parser in every test r
 """
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -32,22 +30,16 @@ from appliance.sources.monitor.intellivue_framing import MAX_DATA, Deframer, enc
 from appliance.sources.monitor.types import PLAUSIBLE, Rejection, VitalSample
 from models.configs import NIPS_ITEMS
 from models.data import layout
+from tests.appliance.sources.monitor.intellivue_messages import VALID_MESSAGES
+from tests.reliability.mutate import FUZZER, Mutator
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-from mutate import FUZZER, Mutator  # noqa: E402
 
 INPUTS = int(os.environ.get("NEOPAIN_FUZZ_INPUTS", "100000"))
 SMOKE_INPUTS = 2000
 SEED = 20260801
 
 # The IntelliVue tests' valid messages (association, MDS create, polls, numeric and wave replies).
-_spec = importlib.util.spec_from_file_location(
-    "neopain_intellivue_protocol_tests", HERE.parent / "appliance" / "sources" / "monitor" / "test_intellivue_protocol.py")
-_ivp = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(_ivp, "_MESSAGES"):
-    _spec.loader.exec_module(_ivp)  # type: ignore[union-attr]
-INTELLIVUE_MESSAGES: list[bytes] = [*_ivp._MESSAGES, proto.encode_release_request(), proto.encode_release_response()]
+INTELLIVUE_MESSAGES: list[bytes] = [*VALID_MESSAGES, proto.encode_release_request(), proto.encode_release_response()]
 
 
 @dataclass

@@ -6,7 +6,6 @@ a mosquitto with a TLS listener, a password file and an ACL (``secure_broker.py`
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import ssl
@@ -23,20 +22,14 @@ import pytest
 
 from appliance.mqtt import messages
 from appliance.config import ConfigError, check_config
+from tests.appliance.daemon_fixtures import cohort, model_dir
+from tests.appliance.daemon_harness import ROOT, DaemonProcess
+from tests.appliance.mqtt.broker import free_port, publish_raw
+from tests.reliability.secure_broker import SITE, STATION, make_secure_broker_files, password
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
-sys.path.insert(0, str(HERE.parent / "appliance"))
-from daemon_harness import ROOT, DaemonProcess  # noqa: E402
-from secure_broker import SITE, STATION, make_secure_broker_files, password  # noqa: E402
-
-# The daemon e2e test's module fixtures: a small synthetic cohort and the tiny model exported to ONNX.
-_spec = importlib.util.spec_from_file_location("neopain_daemon_e2e", HERE.parent / "appliance" / "test_daemon_e2e.py")
-_e2e = sys.modules.setdefault(_spec.name, importlib.util.module_from_spec(_spec))
-if not hasattr(_e2e, "cohort"):
-    _spec.loader.exec_module(_e2e)  # type: ignore[union-attr]
-cohort = _e2e.cohort
-model_dir = _e2e.model_dir
+# The daemon e2e tests' module fixtures (tests/appliance/daemon_fixtures.py), imported (pytest finds a module's
+# fixtures by attribute name): a small synthetic cohort and the tiny model exported to ONNX.
+__all__ = ["cohort", "model_dir"]
 
 BED, OTHER = "bed-12", "bed-13"
 PREFIX = f"neopain/{SITE}/{BED}"
@@ -162,13 +155,9 @@ def bed_inputs(bed: Any, cohort: Path) -> set[Path]:
 # ----------------------------------------------------------------------------------- TLS + ACL + daemon
 @pytest.fixture
 def secure_broker(broker_factory, tmp_path: Path):
-    files = make_secure_broker_files(tmp_path / "secure", _free_port())
+    files = make_secure_broker_files(tmp_path / "secure", free_port())
     broker = broker_factory(files.broker_lines())
     return broker, files
-
-
-def _free_port() -> int:
-    return sys.modules["neopain_mqtt_helpers"].free_port()  # loaded by tests/reliability/conftest.py
 
 
 def daemon_env(bed: Any, tmp_path: Path) -> dict[str, str]:
@@ -546,7 +535,7 @@ def test_station_key_from_config_reaches_the_publisher(broker_factory, tmp_path:
     try:
         assert pub.wait_for(lambda p: p.state is ConnectionState.CONNECTED, 10), pub.last_error
         time.sleep(0.3)  # SUBACK for cmd/#
-        send = sys.modules["neopain_mqtt_helpers"].publish_raw
+        send = publish_raw
         topic = f"{PREFIX}/cmd/calibration/start"
         signed = messages.sign_command(topic, {"infant": "I07"}, KEY, bed=BED)
         send(broker.port, topic, signed)

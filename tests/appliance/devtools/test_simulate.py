@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import threading
 import time
 from pathlib import Path
@@ -27,9 +26,7 @@ from appliance.sources.monitor.reader import MonitorReader
 from appliance.sources.monitor.types import RRIntervals, VitalSample, WaveChunk
 from models.data.layout import DatasetError, read_vitals
 from models.data.synth import SynthOptions, synth_cohort
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # alsa_replay (tests/appliance)
-from alsa_replay import run_with_alsa  # noqa: E402
+from tests.appliance.alsa_replay import run_with_alsa
 
 
 @pytest.fixture(scope="module")

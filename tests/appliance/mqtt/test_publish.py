@@ -18,6 +18,7 @@ import pytest
 
 from appliance.mqtt import messages
 from appliance.mqtt.publisher import ConnectionState, Publisher, PublisherConfig
+from tests.appliance.mqtt.pki import make_pki
 
 REPO = Path(__file__).resolve().parents[3]
 PROC = Path(__file__).with_name("publisher_proc.py")
@@ -295,23 +296,6 @@ def test_commands_parsed_and_bad_ones_counted(broker, subscriber_factory, raw_pu
     assert sub.wait_for(lambda s: len(scores(s)) == 1, 5)
     assert pub.state is ConnectionState.CONNECTED
     pub.stop()
-
-
-def _openssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
-
-
-def make_pki(d: Path, name: str) -> None:
-    """A CA, a server certificate for 127.0.0.1 (IP SAN: hostname checking stays on) and a client certificate."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-keyout", f"{name}-ca.key", "-out", f"{name}-ca.crt", "-days", "2",
-             "-subj", f"/CN={name} test CA", cwd=d)
-    for who, ext in (("server", "subjectAltName=IP:127.0.0.1"), ("client", "extendedKeyUsage=clientAuth")):
-        (d / f"{who}.ext").write_text(ext + "\n")
-        _openssl("req", *ec, "-keyout", f"{name}-{who}.key", "-out", f"{name}-{who}.csr", "-subj", f"/CN={who}",
-                 cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}-{who}.csr", "-CA", f"{name}-ca.crt", "-CAkey", f"{name}-ca.key",
-                 "-CAcreateserial", "-out", f"{name}-{who}.crt", "-days", "2", "-extfile", f"{who}.ext", cwd=d)
 
 
 def test_tls_with_client_certificate(broker_factory, subscriber_factory, unused_port: int, tmp_path: Path) -> None:

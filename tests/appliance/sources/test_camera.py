@@ -1,7 +1,6 @@
 """Camera source through the real OpenCV path: the test writes an MJPG .avi and the Camera replays it."""
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from pathlib import Path
@@ -10,10 +9,7 @@ import numpy as np
 import pytest
 
 from appliance.sources.camera import Camera, CameraConfig, Frame, csi_pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from source_helpers import level, write_video  # noqa: E402
-
+from tests.appliance.sources.source_helpers import level, write_video
 
 
 class Collector:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import logging
-import sys
 from pathlib import Path
 
 import cv2
@@ -17,9 +16,7 @@ import pytest
 from appliance.devtools.face_bench import cover, darken, hit, photos, rotate
 from appliance.sources import face_detectors as fd
 from appliance.sources.face import FaceConfig, FaceTracker
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_face import faceless, frame  # noqa: E402
+from tests.appliance.sources.face_images import faceless, frame
 
 
 @pytest.fixture(scope="module")

@@ -5,16 +5,13 @@ Each scenario runs in a child process because ALSA reads ALSA_CONFIG_PATH when t
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from appliance.sources.microphone import AudioPeriod, MicrophoneConfig
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # alsa_replay (tests/appliance)
-from alsa_replay import run_with_alsa, write_alsa_config  # noqa: E402
+from tests.appliance.alsa_replay import run_with_alsa, write_alsa_config
 
 pytest.importorskip("alsaaudio")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,9 +22,7 @@ from appliance.sources.microphone import AudioPeriod, Microphone, MicrophoneConf
 from appliance.sources.monitor.masimo import format_line
 from appliance.sources.monitor.types import VitalSample
 from appliance.sources.supervise import SupervisedThread
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from source_helpers import level, raw_pty, write_video  # noqa: E402
+from tests.appliance.sources.source_helpers import level, raw_pty, write_video
 
 
 

@@ -1,15 +1,13 @@
 """Fixtures for the central-station tests: the real mosquitto broker of the MQTT tests, a local MLLP receiver
 and a local FHIR server (``http.server``), all on 127.0.0.1.
 
-The broker fixtures are taken from ``tests/appliance/mqtt/conftest.py`` (loaded by path, since ``tests`` is not a
-package under ``--import-mode=importlib``) so both suites run the broker the same way.
+The broker fixtures are imported from ``tests/appliance/mqtt/broker.py`` so both suites run the broker the same
+way.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
-import sys
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -19,23 +17,11 @@ from typing import Any, Iterator
 import pytest
 
 from appliance.station import hl7
+from tests.appliance.mqtt.broker import broker, broker_factory, raw_publish, subscriber_factory, unused_port
 
-_spec = importlib.util.spec_from_file_location(
-    "neopain_tests_mqtt_conftest", Path(__file__).resolve().parents[1] / "mqtt" / "conftest.py")
-assert _spec is not None and _spec.loader is not None
-_mqtt = sys.modules.get(_spec.name) or importlib.util.module_from_spec(_spec)
-if _spec.name not in sys.modules:
-    sys.modules[_spec.name] = _mqtt  # dataclasses look their module up there
-    _spec.loader.exec_module(_mqtt)
-
-# Re-exported fixtures (pytest finds fixtures by attribute in a conftest module).
-broker_factory = _mqtt.broker_factory
-broker = _mqtt.broker
-unused_port = _mqtt.unused_port
-subscriber_factory = _mqtt.subscriber_factory
-publish_raw = _mqtt.publish_raw
-raw_publish = _mqtt.raw_publish
-free_port = _mqtt.free_port
+# The MQTT tests' broker fixtures, re-exported (pytest finds a conftest's fixtures by attribute name); this
+# module's own fixtures follow.
+__all__ = ["broker", "broker_factory", "raw_publish", "subscriber_factory", "unused_port"]
 
 
 @dataclass

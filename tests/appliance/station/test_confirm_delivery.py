@@ -12,10 +12,8 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import logging
-import sys
 import threading
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ from appliance.station import fhir
 from appliance.station.bridge import Bridge, BridgeService
 from appliance.station.connection import BrokerOptions
 from appliance.station.watch import add_watch_arguments, run_watch
+from tests.reliability import secure_broker
 
 HEALTH = jsonschema.Draft202012Validator(messages.HEALTH_SCHEMA)
 CONFIRMATION = jsonschema.Draft202012Validator(messages.CONFIRMATION_SCHEMA)
@@ -174,14 +173,6 @@ def test_station_that_missed_scores_shows_in_device_health_and_log(broker_factor
 
 
 # ------------------------------------------------------------------------------------------------ ACL
-_spec = importlib.util.spec_from_file_location(
-    "neopain_secure_broker", Path(__file__).resolve().parents[2] / "reliability" / "secure_broker.py")
-secure_broker = sys.modules.get(_spec.name) or importlib.util.module_from_spec(_spec)
-if _spec.name not in sys.modules:
-    sys.modules[_spec.name] = secure_broker
-    _spec.loader.exec_module(secure_broker)  # type: ignore[union-attr]
-
-
 def test_acl_station_writes_confirmations_beds_only_read_their_own(broker_factory: Any, device: Any,
                                                                    tmp_path: Path, unused_port: int) -> None:
     import paho.mqtt.client as mqtt

@@ -210,21 +210,15 @@ def test_a_restarted_station_shows_what_it_had_stored(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_https_station_sets_a_secure_cookie_and_listens_on_localhost_only(broker, tmp_path: Path) -> None:
     import http.client
-    import importlib.util
     import ssl
     import urllib.parse
 
     import psutil
 
     from appliance.devtools.station_rig import PASSWORD, USER, add_user, start_station
+    from tests.appliance.mqtt.pki import make_pki
 
-    spec = importlib.util.spec_from_file_location("neopain_test_publish",
-                                                  Path(__file__).resolve().parents[1] / "mqtt" / "test_publish.py")
-    assert spec is not None and spec.loader is not None
-    publish_tests = sys.modules.setdefault(spec.name, importlib.util.module_from_spec(spec))
-    if not hasattr(publish_tests, "make_pki"):
-        spec.loader.exec_module(publish_tests)
-    publish_tests.make_pki(tmp_path, "web")
+    make_pki(tmp_path, "web")
     add_user(tmp_path / "state")
     port = _free_port()
     station = start_station(tmp_path, broker.port, port, "--https-cert", str(tmp_path / "web-server.crt"),

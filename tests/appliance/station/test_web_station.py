@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 import sqlite3
-import sys
 import threading
 import time
 import xml.etree.ElementTree as ET
@@ -25,6 +24,7 @@ from appliance.devtools import browser as chrome
 from appliance.devtools.station_rig import add_user, items_for, sign_in, start_station
 from appliance.mqtt.publisher import Publisher, PublisherConfig
 from appliance.scoring.ratings import CalibrationRecorder, SessionStore
+from tests.appliance.mqtt.broker import Broker, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(chrome.missing() is not None,
                                                     reason=f"no browser: {chrome.missing()}")]
@@ -37,7 +37,6 @@ HISTORY_POINTS = 45  # bed 1's backdated scores, one every 30 s
 LIVE_NIPS = 5.6  # bed 1's current score (severe), published every second
 BED2_NIPS = 3.2  # bed 2's one fresh score (moderate)
 SVG = "{http://www.w3.org/2000/svg}"
-_mqtt = sys.modules["neopain_tests_mqtt_conftest"]  # loaded by this folder's conftest
 
 
 def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
@@ -109,13 +108,13 @@ class Beds:
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     work = tmp_path_factory.mktemp("web")
-    broker = _mqtt.Broker(workdir=work, port=_mqtt.free_port(), extra=[])
+    broker = Broker(workdir=work, port=free_port(), extra=[])
     broker.start()
     key_file = work / "station.key"
     key_file.write_text(KEY.hex() + "\n")
     key_file.chmod(0o600)
     add_user(work / "state", USER, PASSWORD)  # `neopain station user add`, the password on stdin
-    http = _mqtt.free_port()
+    http = free_port()
     station = start_station(work, broker.port, http, "--stale-after", str(STALE_AFTER_S), "--command-key-file",
                             str(key_file), "--station-id", "web-test")
     beds = Beds(work, broker.port)

@@ -28,13 +28,9 @@ from calibration.commission import metrics as cm
 from calibration.commission.command import EXIT_CONFIG, add_commission_arguments, run_commission
 from calibration.commission.collect import Snapshot
 from calibration.commission.report import SNAPSHOT_SIDE, snapshot_image
-
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parents[1] / "appliance"))  # alsa_replay, daemon_harness
-sys.path.insert(0, str(HERE.parents[1] / "appliance" / "sources"))  # test_face
-from alsa_replay import write_alsa_config  # noqa: E402
-from daemon_harness import ROOT  # noqa: E402
-from test_face import drawn_face, rendered_face  # noqa: E402
+from tests.appliance.alsa_replay import write_alsa_config
+from tests.appliance.daemon_harness import ROOT
+from tests.appliance.sources.face_images import drawn_face, rendered_face
 
 DURATION_S = 15.0  # IntelliVue association (~3 s) + enough beats for MIN_RR_COUNT RR intervals
 W, H, FPS = 320, 240, 10.0

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,9 +18,7 @@ import torch
 from appliance.cli import main
 from models.configs import tiny_config
 from models.video import create_i3d_r50
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from foreign_checkpoints import TorchVGGish, foreign_state, randomised, to_mmaction2  # noqa: E402
+from tests.models.foreign_checkpoints import TorchVGGish, foreign_state, randomised, to_mmaction2
 
 INFANTS = 4
 VIDEO_HEAD_CLASSES = 7  # a classifier in the checkpoint, which training must drop and report

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +29,7 @@ from models.card import card_beside, read_card
 from models.configs import ModelConfig
 from models.export import load_estimator_checkpoint
 from models.training import initial_model
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from foreign_checkpoints import TorchVGGish, foreign_state, randomised, to_mmaction2  # noqa: E402
+from tests.models.foreign_checkpoints import TorchVGGish, foreign_state, randomised, to_mmaction2
 
 pytestmark = pytest.mark.slow
 

@@ -11,6 +11,7 @@ from appliance.sources.monitor import intellivue_protocol as p
 from appliance.sources.monitor.intellivue import IntelliVueClient
 from appliance.sources.monitor.intellivue_framing import Deframer, encode_frame
 from appliance.sources.monitor.types import Rejection, VitalSample, WaveChunk
+from tests.appliance.sources.monitor.intellivue_messages import VALID_MESSAGES, numeric_reply
 
 
 def test_float_type_known_words():
@@ -62,20 +63,15 @@ def test_association_messages():
     assert p.decode_message(aarq[:-1]).reason == "bad_length"
 
 
-def _numeric_reply(values, linked=None):
-    obs = [(0x10 + i, [p.nu_obs_attr(pid, v, p.NOM_DIM_BEAT_PER_MIN, state)]) for i, (pid, v, state) in enumerate(values)]
-    return p.encode_poll_reply(5, 9, 1234, p.NOM_MOC_VMO_METRIC_NU, obs, linked_state=linked)
-
-
 def test_poll_reply_numerics_and_states():
-    reply = p.decode_message(_numeric_reply([(p.NOM_ECG_CARD_BEAT_RATE, 142.5, 0), (p.NOM_PULS_OXIM_SAT_O2, 93, 0x4000),
-                                             (p.NOM_PLETH_PULS_RATE, None, 0)]))
+    reply = p.decode_message(numeric_reply([(p.NOM_ECG_CARD_BEAT_RATE, 142.5, 0), (p.NOM_PULS_OXIM_SAT_O2, 93, 0x4000),
+                                            (p.NOM_PLETH_PULS_RATE, None, 0)]))
     assert isinstance(reply, p.PollReply) and reply.rel_time == 1234 and reply.poll_number == 9
     nums = {n.physio_id: n for n in p.numerics(reply)}
     assert nums[p.NOM_ECG_CARD_BEAT_RATE].value == 142.5
     assert nums[p.NOM_PULS_OXIM_SAT_O2].state == 0x4000
     assert nums[p.NOM_PLETH_PULS_RATE].special == "nan" and nums[p.NOM_PLETH_PULS_RATE].state & 0x8000
-    linked = p.decode_message(_numeric_reply([(p.NOM_ECG_CARD_BEAT_RATE, 150, 0)], linked=p.RORLS_FIRST))
+    linked = p.decode_message(numeric_reply([(p.NOM_ECG_CARD_BEAT_RATE, 150, 0)], linked=p.RORLS_FIRST))
     assert linked.linked_state == p.RORLS_FIRST and p.numerics(linked)[0].value == 150
 
 
@@ -109,8 +105,8 @@ def test_client_dialog_end_to_end_without_io():
     assert result == p.MdsCreateResult(77) and client.ready
     polls = _serve(client.due_polls(10), monitor)
     assert [m.obj_class for m in polls] == [6, 9]
-    reply = _numeric_reply([(p.NOM_ECG_CARD_BEAT_RATE, 150, 0), (p.NOM_PULS_OXIM_SAT_O2, 500, 0),
-                            (p.NOM_PLETH_PULS_RATE, 149, 0x8000)])
+    reply = numeric_reply([(p.NOM_ECG_CARD_BEAT_RATE, 150, 0), (p.NOM_PULS_OXIM_SAT_O2, 500, 0),
+                           (p.NOM_PLETH_PULS_RATE, 149, 0x8000)])
     step = client.feed(encode_frame(reply), 99)
     (sample,) = step.out
     assert isinstance(sample, VitalSample) and sample.t_mono_ns == 99
@@ -126,21 +122,9 @@ def test_client_dialog_end_to_end_without_io():
     assert client.state == "idle" and isinstance(_serve(step.send, monitor)[0], p.ReleaseResponse)
 
 
-_MESSAGES = [
-    p.encode_association_request(),
-    p.encode_association_result(),
-    p.encode_mds_create_event(1, 2),
-    p.encode_mds_create_result(1, 2),
-    p.encode_poll_request(1, 1, 6),
-    _numeric_reply([(p.NOM_ECG_CARD_BEAT_RATE, 150, 0), (p.NOM_PULS_OXIM_SAT_O2, 97, 0)], linked=p.RORLS_LAST),
-    p.encode_poll_reply(1, 1, 0, 9, [(1, p.wave_attrs(p.NLS_NOM_ECG_ELEC_POTL_II, p.NOM_ECG_ELEC_POTL_II,
-                                                      np.arange(20, dtype=np.uint16), 500.0, (-1.0, 1.0, 0, 4095)))]),
-]
-
-
 @pytest.mark.slow  # ~5-10 s idle: 10,000 hypothesis examples
 @settings(max_examples=10_000, deadline=None, database=None)
-@given(st.sampled_from(_MESSAGES), st.binary(max_size=15))
+@given(st.sampled_from(VALID_MESSAGES), st.binary(max_size=15))
 def test_fuzz_decoder_and_client(mutate, message, program):
     data = mutate(message, program)
     msg = p.decode_message(data)

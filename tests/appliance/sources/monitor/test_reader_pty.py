@@ -1,10 +1,8 @@
 """End to end over a real pty: emulator (master side) <-> pyserial MonitorReader (slave side)."""
 
 import os
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +11,7 @@ from appliance.devtools.monitor_emulator import EmulatedVitals, MonitorEmulator
 from appliance.sources.monitor.masimo import format_line
 from appliance.sources.monitor.reader import MonitorReader
 from appliance.sources.monitor.types import RRIntervals, VitalSample, WaveChunk
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from source_helpers import raw_pty  # noqa: E402
+from tests.appliance.sources.source_helpers import raw_pty
 
 
 class Collector:
