@@ -14,6 +14,7 @@ records a finished long run's row (e.g. ``docs/benchmarks/soak-30min``), re-judg
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import subprocess
 import sys
@@ -37,7 +38,10 @@ def test_process_snapshot_sees_fds_threads_and_memory_of_a_real_process(tmp_path
     stop = threading.Event()
     worker = threading.Thread(target=stop.wait)
     worker.start()
-    block = np.ones(64 * 2**20 // 8)  # 64 MB touched
+    # 64 MB of fresh pages, touched: an anonymous mapping of its own, so that memory the allocator already holds
+    # (and RSS already counts) from earlier tests in this process cannot be handed out again instead.
+    block = mmap.mmap(-1, 64 * 2**20)
+    block.write(b"\x01" * len(block))
     try:
         after = process_snapshot(pid)
     finally:
@@ -49,7 +53,7 @@ def test_process_snapshot_sees_fds_threads_and_memory_of_a_real_process(tmp_path
     assert after["threads"] - before["threads"] >= 1
     assert after["rss_bytes"] - before["rss_bytes"] > 48 * 2**20
     assert after["load1"] >= 0.0
-    del block
+    block.close()
 
 
 def test_process_snapshot_of_a_gone_process_raises() -> None:
