@@ -1,12 +1,21 @@
-"""Project-wide test settings: deterministic torch, and one torch thread for every test.
+"""Project-wide test settings: deterministic torch, one torch thread for every test, and Ctrl-C armed.
 
 One thread: tiny tensors gain nothing from intra-op threads, and on a loaded 2-core machine OpenMP
 spin-waiting made a tiny fusion forward ~100x slower (1.4 s vs 16 ms measured). Set per test, because
 some code under test (``neopain bench``, the torch engine) sets the thread count itself.
 """
 
+import signal
+
 import pytest
 import torch
+
+# Ctrl-C for the children tests start: a shell running the suite in the background (``./run test &``) starts
+# it with SIGINT ignored, children inherit that through exec, and Python then installs no KeyboardInterrupt
+# handler, so a SIGINT a test sends in place of Ctrl-C would be ignored. A handler of our own is reset to the
+# default at exec, so every child gets Python's usual Ctrl-C.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(autouse=True)

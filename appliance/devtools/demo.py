@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.mqtt import topics
-from models.studies.recipe import TrainRecipe
+from models.recipe import DEFAULT_CONFIG, DEFAULT_EPOCHS
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CACHE = Path("~/.cache/neopain/demo").expanduser()
@@ -40,7 +40,7 @@ FACES = "faces2"
 #: tiny fusion model (ICC(A,1) on unseen infants 0.67 / 0.81 / 0.86 at 15 / 30 / 60 training infants), and its
 #: validation MAE is flat by the studies' 12 epochs. 30 infants keep the demo's first run to a few CPU minutes.
 DEMO_INFANTS = 30
-DEMO_EPOCHS = TrainRecipe().epochs
+DEMO_EPOCHS = DEFAULT_EPOCHS
 #: In the names of the cached cohort and model: a model trained by another recipe is not reused.
 RECIPE = f"{FACES}-n{DEMO_INFANTS}-e{DEMO_EPOCHS}"
 MODEL_DIR = f"model-{RECIPE}"
@@ -85,7 +85,7 @@ def build_demo_model(workdir: Path, *, infants: int = DEMO_INFANTS, minutes: flo
     import torch
 
     from models.card import card_beside
-    from models.configs import tiny_config
+    from models.configs import get_config
     from models.data.synth import SynthOptions, synth_cohort
     from models.export import export_model_dir, load_estimator_checkpoint
     from models.training import TrainConfig
@@ -101,8 +101,8 @@ def build_demo_model(workdir: Path, *, infants: int = DEMO_INFANTS, minutes: flo
     _say("2/3 pre-processing windows and training the tiny fusion model on every infant "
          f"({epochs} epochs on the CPU, like `neopain train --final`)")
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
-    run_training(cohort, work, tiny_config(), TrainConfig(epochs=epochs, batch_size=16, folds=0, seed=seed,
-                                                          device="cpu"), ["fusion"], final=True)
+    run_training(cohort, work, get_config(DEFAULT_CONFIG), TrainConfig(epochs=epochs, folds=0, seed=seed, device="cpu"),
+                 ["fusion"], final=True)
     checkpoint = work / "final" / "fusion.pt"
     model, cfg = load_estimator_checkpoint(checkpoint)
     target = _model_target(workdir)

@@ -47,11 +47,6 @@ def test_watch_once_shows_every_bed(broker: Any, device: Any, send_score: Any, w
     assert rows["nicu/3"][1] == "-" and "offline" in rows["nicu/3"]
     assert "ok" in rows["nicu/1"]  # health state from the retained health message
 
-#: Ctrl-C for a child started by a test: a shell running the suite in the background (``./run test &``) starts
-#: it with SIGINT ignored, and Python then installs no KeyboardInterrupt handler, so the SIGINT the tests send
-#: in place of Ctrl-C would be ignored and the watcher would never stop. The child arms it again first.
-CTRL_C_ARMED = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
-
 
 def test_watch_site_filter(broker: Any, device: Any) -> None:
     device(broker.port, "1", site="nicu")
@@ -189,7 +184,7 @@ def test_watch_live_mode_redraws_until_interrupted(broker: Any, device: Any, sen
     import sys
 
     pub = device(broker.port, "8")
-    code = (CTRL_C_ARMED + "import sys, argparse; from appliance.station import watch; p = argparse.ArgumentParser(); "
+    code = ("import sys, argparse; from appliance.station import watch; p = argparse.ArgumentParser(); "
             "watch.add_watch_arguments(p); sys.exit(watch.run_watch(p.parse_args(sys.argv[1:])))")
     proc = subprocess.Popen([sys.executable, "-c", code, "--port", str(broker.port), "--refresh", "0.2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[3])
@@ -289,8 +284,7 @@ def test_watch_fits_an_80_column_terminal_and_shows_full_health(broker: Any, dev
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
-    proc = subprocess.Popen([sys.executable, "-c", CTRL_C_ARMED + "import sys; from appliance.cli import main; "
-                             "sys.exit(main(sys.argv[1:]))", "watch", "--port", str(broker.port),
+    proc = subprocess.Popen([sys.executable, "-m", "appliance.cli", "watch", "--port", str(broker.port),
                              "--refresh", "0.2", "--health", "full"], stdout=slave, stderr=subprocess.PIPE,
                             env=env, cwd=Path(__file__).resolve().parents[3])
     os.close(slave)
