@@ -26,7 +26,8 @@ from typing import Any, Callable
 
 from appliance.config import Config, command_key, mqtt_tls_keyfile, secret_path
 from appliance.mqtt.publisher import PublisherConfig
-from appliance.scoring.buffers import FaceSample, ModalityBuffers, VitalsSample, extend_rr
+from appliance.scoring.buffers import ModalityBuffers, VitalsSample, extend_rr
+from appliance.scoring.clip_frames import ClipFrames, ClipGrid
 from appliance.scoring.calibration_stage import CalibrationStage
 from appliance.scoring.pipeline import PipelineConfig, ScoringPipeline
 from appliance.scoring.presence_debounce import DebounceConfig
@@ -113,10 +114,13 @@ def calibration_stage(config: Config, model_version: str | None) -> CalibrationS
 
 # ------------------------------------------------------------------------------------- sinks
 def buffer_sinks(buffers: ModalityBuffers, cry: Any = None,
-                 on_vitals: Callable[[VitalsSample], None] | None = None) -> Sinks:
+                 on_vitals: Callable[[VitalsSample], None] | None = None, *,
+                 clip_grid: ClipGrid | None = None) -> Sinks:
     """The sensors -> ring buffers edges: face samples (the crop with the face's size in camera pixels), audio
     periods (and the cry detector), vitals and RR intervals; ``on_vitals`` also receives each HR/SpO2 reading
-    (the publisher's vitals topic)."""
+    (the publisher's vitals topic). ``clip_grid``: the window builder's (``WindowBuilder.grid``; default: that
+    of the default window), so that the camera thread resizes exactly the faces the builder's clips take
+    (:class:`appliance.scoring.clip_frames.ClipFrames`)."""
     from appliance.sources.monitor.types import RRIntervals, VitalSample
 
     def on_audio(period: Any) -> None:
@@ -133,8 +137,8 @@ def buffer_sinks(buffers: ModalityBuffers, cry: Any = None,
         elif isinstance(item, RRIntervals):
             extend_rr(buffers.rr, item)
 
-    return Sinks(frame=lambda frame, observation: buffers.frames.append(FaceSample.of(frame, observation)),
-                 audio=on_audio, monitor=on_monitor)
+    grid = clip_grid if clip_grid is not None else ClipGrid(WindowConfig().frame_fps)
+    return Sinks(frame=ClipFrames(buffers.frames, grid), audio=on_audio, monitor=on_monitor)
 
 
 # ------------------------------------------------------------------------------------- the graph
@@ -163,8 +167,9 @@ def build(config: Config, *, engines: Any, model_config: Any, publisher: Any, wa
         publisher.publish_vitals(t_mono_ns=sample.t_ns, hr_bpm=sample.hr_bpm, spo2_pct=sample.spo2_pct,
                                  source=sample.source or None)
 
-    sources = BedSources(source_settings(config), buffer_sinks(buffers, cry, on_vitals=publish_vitals))
     builder = WindowBuilder(buffers, window_config(config), cry=cry)
+    sources = BedSources(source_settings(config),
+                         buffer_sinks(buffers, cry, on_vitals=publish_vitals, clip_grid=builder.grid))
     recorder = open_rating_recorder(config)
     pipeline = ScoringPipeline(builder, engines, calibration, publisher, model_config=model_config,
                                config=pipeline_config(config), watchdog=watchdog,

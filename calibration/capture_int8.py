@@ -168,9 +168,10 @@ def capture_int8(config: Config, out_dir: Path, windows: int = DEFAULT_WINDOWS, 
     stop = stop or threading.Event()
     buffers = ModalityBuffers()
     cry = CryDetector() if config.microphone.enabled else None
-    sources = BedSources(source_settings(config), buffer_sinks(buffers, cry)).open()
+    builder = WindowBuilder(buffers, wcfg, cry=cry)
+    sources = BedSources(source_settings(config), buffer_sinks(buffers, cry, clip_grid=builder.grid)).open()
     try:
-        capture = WindowCapture(WindowBuilder(buffers, wcfg, cry=cry), model_cfg, out_dir,
+        capture = WindowCapture(builder, model_cfg, out_dir,
                                 required_modalities(config), quality=quality_config(config))
         t0 = time.monotonic()
         with tqdm(total=windows, unit="window", desc="INT8 calibration windows", disable=not progress) as bar:

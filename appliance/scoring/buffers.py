@@ -18,6 +18,7 @@ from typing import Any, Generic, Iterator, Protocol, TypeVar
 import numpy as np
 
 from appliance.clock import NS_PER_S
+from appliance.sources.face_crop import FaceCrop, as_face_crop
 
 
 class Stamped(Protocol):
@@ -30,7 +31,6 @@ class Stamped(Protocol):
 T = TypeVar("T", bound=Stamped)
 
 
-@dataclass(frozen=True)
 class FaceSample:
     """One camera frame as the window builder needs it: the face tracker's crop (or ``None`` and why) and
     the face's size in the camera's own pixels.
@@ -41,19 +41,40 @@ class FaceSample:
     ROI, or the detected face) clipped to the frame, before any resizing by the camera
     (:meth:`appliance.sources.camera.Frame.source_px`); the quality gate refuses video below
     ``[scoring] min_face_px``.
+
+    ``face`` is the crop as a :class:`~appliance.sources.face_crop.FaceCrop`, resized only when a clip takes it
+    (the frame sink, :class:`appliance.scoring.clip_frames.ClipFrames`, drops the ones no clip can take);
+    ``crop`` (its pixels) may be given as a plain array.
     """
 
-    t_ns: int
-    crop: np.ndarray | None
-    reason: str
-    face_px: float | None = None
+    __slots__ = ("t_ns", "face", "reason", "face_px")
+
+    def __init__(self, t_ns: int, crop: FaceCrop | np.ndarray | None, reason: str,
+                 face_px: float | None = None) -> None:
+        self.t_ns = t_ns
+        self.face = as_face_crop(t_ns, crop)
+        self.reason = reason
+        self.face_px = face_px
+
+    @property
+    def crop(self) -> np.ndarray | None:
+        """The crop's pixels (resized now if they are not yet; None without a face or once dropped)."""
+        return None if self.face is None else self.face.pixels()
+
+    @property
+    def has_face(self) -> bool:
+        return self.face is not None
 
     @classmethod
     def of(cls, frame: Any, observation: Any) -> "FaceSample":
-        """From a camera ``Frame`` and the ``FaceObservation`` the tracker made of it."""
+        """From a camera ``Frame`` and the ``FaceObservation`` the tracker made of it (nothing is resized)."""
         box = observation.box
-        face_px = frame.source_px(box) if observation.crop is not None and box is not None else None
-        return cls(int(observation.t_ns), observation.crop, observation.reason, face_px)
+        face = observation.face
+        face_px = frame.source_px(box) if face is not None and box is not None else None
+        return cls(int(observation.t_ns), face, observation.reason, face_px)
+
+    def __repr__(self) -> str:
+        return f"FaceSample(t_ns={self.t_ns}, face={self.face!r}, reason={self.reason!r}, face_px={self.face_px})"
 
 
 def face_px_of(item: Any) -> float | None:

@@ -1,7 +1,9 @@
 """WindowBuilder: what the models see at time t, cut from the ring buffers, with honest freshness flags.
 
 For a time ``t`` (monotonic ns) a :class:`Window` holds
-- video: the last ``n_frames`` face crops resampled to the model's frame rate from the last n/fps seconds,
+- video: the last ``n_frames`` face crops resampled to the model's frame rate from the last n/fps seconds (the
+  slots lie on the clip grid, whole multiples of 1/fps s on the monotonic clock, so the latest slot is at most
+  1/fps before t; :mod:`appliance.scoring.clip_frames` says why),
 - audio: the current cry segment's samples (or, with no cry, the last few seconds),
 - vitals: the last 30 s of HR/SpO2 samples, and rr: the last 30 s of RR intervals,
 each with ``present`` (data in the window; spans are half-open, (t - span, t]), ``quality_ok``, ``age_s`` (t minus the newest sample) and ``stale``
@@ -13,7 +15,7 @@ Fill: each window also says how much of its span its data cover (``fill``), and 
 ``min_fill_*`` (``[scoring]`` in the config) is not of usable quality, with ``problem = "underfilled"``. Why:
 right after start-up, or after a source came back, a window holds a fraction of a second of data -- the first
 score of a daemon once came from 0.16 s of vitals -- and a network trained on full windows says nothing
-meaningful about a sliver. Video: the share of the 16 slots that have a frame at or before their time (slots
+meaningful about a sliver. Video: the share of the 16 slots that have a face at or before their time (slots
 before the first frame would repeat it). Audio: captured samples over the span asked for (the cry segment or
 the last few seconds). Vitals: the share of the 30 s covered by readings with a value, each holding
 ``vitals_hold_s`` (monitors send every 1-2 s), so a sparse or interrupted monitor counts as partly empty. RR:
@@ -31,6 +33,8 @@ import numpy as np
 
 from appliance.config import default
 from appliance.scoring.buffers import ModalityBuffers, face_px_of
+from appliance.scoring.clip_frames import ClipGrid
+from appliance.sources.face_crop import FaceCrop, as_face_crop
 from appliance.clock import NS_PER_S, now_ns
 from models.features.cry import CrySegment
 
@@ -178,6 +182,15 @@ class Window:
         return {name: getattr(self, name).status.usable for name in ("video", "audio", "vitals", "rr")}
 
 
+def _face(item: object) -> FaceCrop | None:
+    """The face crop of a frames-buffer item: a :class:`FaceSample`'s or ``FaceObservation``'s ``face``, or for
+    any other item with a ``crop`` array (tools that fill buffers themselves) that array as a ready crop."""
+    face = getattr(item, "face", None)
+    if face is not None or hasattr(item, "face"):
+        return face
+    return as_face_crop(item.t_ns, getattr(item, "crop", None))  # type: ignore[attr-defined]
+
+
 class WindowBuilder:
     """Cuts :class:`Window` objects from :class:`ModalityBuffers` (thread-safe: the buffers are)."""
 
@@ -186,6 +199,7 @@ class WindowBuilder:
         self.buffers = buffers
         self.config = config or WindowConfig()
         self.cry = cry
+        self.grid = ClipGrid(self.config.frame_fps)
 
     def build(self, t_ns: int | None = None) -> Window:
         """The window ending at ``t_ns`` (default: now on the monotonic clock)."""
@@ -195,27 +209,34 @@ class WindowBuilder:
     # -- video ---------------------------------------------------------------------------------------------
     def video(self, t: int) -> VideoWindow:
         cfg = self.config
+        slots = self.grid.slots(t, cfg.n_frames)  # the clip grid's ticks, not t - k/fps (ClipGrid: why)
         span = int(cfg.n_frames * NS_PER_S / cfg.frame_fps)
-        obs = self.buffers.frames.between(t - span + 1, t)  # (t - span, t]
-        faces = [o for o in obs if o.crop is not None]
-        newest = faces[-1].t_ns if faces else self._newest_face_before(t - span)
+        obs = self.buffers.frames.between(slots[-1] - span + 1, t)  # (last slot - span, t]
+        faces = [o for o in obs if _face(o) is not None]
+        newest = faces[-1].t_ns if faces else self._newest_face_before(slots[-1] - span)
         if not faces:
             reason = "no camera frames" if not obs else f"no face ({obs[-1].reason})"
             return VideoWindow(_status(False, False, newest, t, cfg.video_max_age_s, reason), None, None, 0,
                                0.0)
-        shapes = {o.crop.shape for o in faces}
+        shapes = {_face(o).shape for o in faces}
         if len(shapes) != 1:
             raise ValueError(f"WindowBuilder.video: face crops of different shapes in one window: {shapes}")
         stamps = np.array([o.t_ns for o in faces], dtype=np.int64)
-        targets = t - ((cfg.n_frames - 1 - np.arange(cfg.n_frames)) * NS_PER_S / cfg.frame_fps).astype(np.int64)
-        # causal resampling: each slot takes the newest crop at or before its time (the first crop if none)
-        newest_before = np.searchsorted(stamps, targets, side="right") - 1
-        fill = float(np.mean(newest_before >= 0))
-        pick = np.clip(newest_before, 0, len(faces) - 1)
-        frames = np.stack([faces[i].crop for i in pick])
-        distinct = int(np.unique(pick).size)
+        # causal resampling: each slot takes the newest face at or before its time; slots before the first face
+        # repeat the earliest face a slot takes (the newest face when none does: an underfilled window). Never
+        # a face no slot takes: the camera thread drops those unresized (ClipFrames).
+        newest_before = np.searchsorted(stamps, np.asarray(slots, dtype=np.int64), side="right") - 1
+        taken = newest_before[newest_before >= 0]
+        fill = float(taken.size / len(slots))
+        pick = np.where(newest_before >= 0, newest_before, taken.min() if taken.size else len(faces) - 1)
+        # a face superseded since this snapshot stands for the newer one (FaceCrop.resolve); resized if pending
+        chosen = {int(i): _face(faces[int(i)]).resolve() for i in np.unique(pick)}
+        pixels = {i: crop.pixels() for i, crop in chosen.items()}
+        frames = np.stack([pixels[int(i)] for i in pick])
+        times = np.array([chosen[int(i)].t_ns for i in pick], dtype=np.int64)
+        distinct = len({id(crop) for crop in chosen.values()})
         face_fraction = len(faces) / len(obs)
-        sizes = [px for i in np.unique(pick) if (px := face_px_of(faces[i])) is not None]
+        sizes = [px for i in chosen if (px := face_px_of(faces[i])) is not None]
         face_px = min(sizes) if sizes else None
         problem = None
         if fill < cfg.min_fill_video:
@@ -225,11 +246,11 @@ class WindowBuilder:
             quality = face_fraction >= cfg.min_face_fraction and distinct >= min(cfg.min_distinct_frames, cfg.n_frames)
             reason = "ok" if quality else f"low quality: face in {face_fraction:.0%} of frames, {distinct} distinct"
         return VideoWindow(_status(True, quality, newest, t, cfg.video_max_age_s, reason, problem), frames,
-                           stamps[pick], distinct, face_fraction, fill, face_px)
+                           times, distinct, face_fraction, fill, face_px)
 
     def _newest_face_before(self, t: int) -> int | None:
         for o in reversed(self.buffers.frames.between(t - self.buffers.frames.max_span_ns, t)):
-            if o.crop is not None:
+            if _face(o) is not None:
                 return o.t_ns
         return None
 

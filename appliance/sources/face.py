@@ -4,7 +4,8 @@ Why this shape: a face detector (CenterFace through ONNX Runtime by default, Ope
 fallback; see :mod:`appliance.sources.face_detectors`) is cheap enough for the CPU of a bedside box but not on
 every frame, and its boxes jitter. So the tracker re-detects every ``k`` frames, keeps the last box in between,
 smooths it (exponential moving average) against jitter, widens it by a margin so brow and mouth stay inside,
-and cuts a square crop from the *current* frame. A detection that misses is tolerated ``max_missed`` times in
+and cuts a square crop from the *current* frame (handed over as a region of that frame and resized only when a
+clip needs it: :mod:`appliance.sources.face_crop`). A detection that misses is tolerated ``max_missed`` times in
 a row (a detector blinks on a yawn or a passing hand); after that the track is dropped and the observation
 says "no face" with a reason: the model must never be fed an old crop or a crop of an empty cot as if it were
 the infant's face.
@@ -24,6 +25,7 @@ import numpy as np
 
 from appliance.config import default
 from appliance.sources.camera import Frame
+from appliance.sources.face_crop import FaceCrop, as_face_crop
 from appliance.sources.face_detectors import DETECTORS, Box, FaceDetector, make_detector
 from models.features.video import resize_face
 
@@ -83,24 +85,40 @@ class FaceConfig:
             raise ValueError(f"FaceConfig.roi must be (x, y, w, h) with x, y >= 0 and w, h > 0, got {self.roi}")
 
 
-@dataclass(frozen=True)
 class FaceObservation:
-    """What the tracker saw in one frame: a crop (uint8 BGR, crop_size^2) or ``None`` with a reason.
+    """What the tracker saw in one frame: a face crop (uint8 BGR, crop_size^2) or ``None`` with a reason.
 
     ``t_ns`` is the frame's arrival stamp, so the crop is exactly as old as the frame it was cut from.
     ``detected`` is True when a detection ran on this very frame and confirmed the box.
+
+    ``face`` is the crop as a :class:`~appliance.sources.face_crop.FaceCrop`: the tracker hands over the face
+    region and the resize happens only when the crop is needed (why: that module). ``crop`` gives its pixels,
+    resizing them if they are not yet; ``has_face`` says whether there is a face without resizing anything.
+    ``crop`` may be given as a plain array (tests and tools that fill buffers themselves).
     """
 
-    t_ns: int
-    crop: np.ndarray | None
-    box: Box | None
-    reason: str
-    detected: bool = False
-    frame_index: int = -1
+    __slots__ = ("t_ns", "face", "box", "reason", "detected", "frame_index")
+
+    def __init__(self, t_ns: int, crop: FaceCrop | np.ndarray | None, box: Box | None, reason: str,
+                 detected: bool = False, frame_index: int = -1) -> None:
+        self.t_ns = t_ns
+        self.face = as_face_crop(t_ns, crop)
+        self.box = box
+        self.reason = reason
+        self.detected = detected
+        self.frame_index = frame_index
+
+    @property
+    def crop(self) -> np.ndarray | None:
+        return None if self.face is None else self.face.pixels()
 
     @property
     def has_face(self) -> bool:
-        return self.crop is not None
+        return self.face is not None
+
+    def __repr__(self) -> str:
+        return (f"FaceObservation(t_ns={self.t_ns}, face={self.face!r}, box={self.box}, reason={self.reason!r}, "
+                f"detected={self.detected}, frame_index={self.frame_index})")
 
 
 def square_box(box: Box, margin: float, frame_w: int, frame_h: int) -> Box:
@@ -120,12 +138,17 @@ def square_box(box: Box, margin: float, frame_w: int, frame_h: int) -> Box:
     return x0, y0, side, side
 
 
+def square_region(image: np.ndarray, box: Box, margin: float) -> np.ndarray:
+    """The square (margin-widened) region of ``box`` in ``image``, as a view (nothing copied or resized)."""
+    h, w = image.shape[:2]
+    x0, y0, side, _ = square_box(box, margin, w, h)
+    return image[y0:y0 + side, x0:x0 + side]
+
+
 def crop_square(image: np.ndarray, box: Box, margin: float, size: int) -> np.ndarray:
     """Cut the square (margin-widened) region of ``box`` from ``image`` and resize it to ``size`` x ``size`` with
     the resize the networks are trained with (:func:`models.features.video.resize_face`)."""
-    h, w = image.shape[:2]
-    x0, y0, side, _ = square_box(box, margin, w, h)
-    return resize_face(image[y0:y0 + side, x0:x0 + side], size)
+    return resize_face(square_region(image, box, margin), size)
 
 
 def roi_error(roi: Box, frame_w: int, frame_h: int) -> str | None:
@@ -200,7 +223,7 @@ class FaceTracker:
         else:
             self._since_detect += 1
         box: Box = tuple(int(round(v)) for v in self._box)  # type: ignore[assignment,union-attr]
-        crop = crop_square(image, box, cfg.margin, cfg.crop_size)
+        crop = FaceCrop(frame.t_ns, cfg.crop_size, square_region(image, box, cfg.margin))
         return FaceObservation(frame.t_ns, crop, box, "detected" if detected else "tracked", detected,
                                frame.index)
 
@@ -235,7 +258,8 @@ class FaceTracker:
                 return FaceObservation(frame.t_ns, None, None, "no face in the fixed roi", frame_index=frame.index)
         else:
             self._since_detect += 1
-        return FaceObservation(frame.t_ns, crop_square(image, roi, 0.0, cfg.crop_size), roi, "fixed roi", detected,
+        crop = FaceCrop(frame.t_ns, cfg.crop_size, square_region(image, roi, 0.0))
+        return FaceObservation(frame.t_ns, crop, roi, "fixed roi", detected,
                                frame.index)
 
     def _nearest(self, boxes: list[Box]) -> Box:

@@ -33,11 +33,14 @@ def test_bench_tiny_random_writes_the_report(tmp_path: Path, capsys) -> None:
     assert report["model"]["config"] == "tiny" and report["model"]["random"] is True
     samples = report["host"]["load_average_samples"]  # sampled while it ran (Linux has a load average)
     assert samples["n"] >= 1 and samples["min"] <= samples["median"] <= samples["max"]
-    assert set(report["preprocessing"]) == {"video", "video_device_crops", "audio", "vitals", "total"}
+    assert set(report["preprocessing"]) == {"video", "video_device_crops", "video_camera_resize", "audio", "vitals",
+                                            "total"}
+    assert report["settings"]["clip_frames"] == tiny_config().video.frames
     assert set(report["backends"]) == {"torch", "onnxruntime"}
     for name, r in report["backends"].items():
         assert set(r["parts"]) == PARTS
-        for stage in [*r["parts"].values(), r["engine"], r["preprocessing"], r["end_to_end"]]:
+        assert r["engine_cpu"]["p50"] > 0  # the process's CPU time over the engines' runs, every thread
+        for stage in [*r["parts"].values(), r["engine"], r["engine_cpu"], r["preprocessing"], r["end_to_end"]]:
             assert stage["n"] == 3 and stage["p50"] <= stage["p95"] <= stage["p99"] <= stage["max"]
         assert 0 < r["preprocessing_share"] < 1
         assert r["throughput_windows_per_s"] > 0

@@ -83,7 +83,10 @@ def test_fixed_roi_crops_exactly_its_region_while_a_face_is_inside() -> None:
     assert tr.mode == "roi"
     obs = tr.process(frame(img, 0))
     assert obs.reason == "fixed roi" and obs.detected and obs.box == roi
+    # handed over unresized (the frame sink resizes only what a clip takes), then resized exactly as before
+    assert obs.has_face and obs.face.state == "pending" and obs.face.shape == (60, 60, 3)
     np.testing.assert_array_equal(obs.crop, crop_square(img, roi, 0.0, 60))
+    assert obs.face.state == "ready" and obs.crop is obs.crop  # resized once
     # the same region on a faceless scene: the detector finds nothing inside it, so there is no crop
     wall = FaceTracker(FaceConfig(roi=roi, detect_every=1, max_missed=0))
     for i, empty in enumerate(faceless()):
