@@ -662,6 +662,7 @@ def add_bench_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8-calibration", metavar="CALIB_DIR",
                         help="with --random and int8: calibrate on these windows / this dataset instead of synthetic windows")
     parser.add_argument("--json", help="write the report here (JSON)")
+    parser.add_argument("--plot", metavar="PNG", help="draw the report here: latency split and pre-processing shares")
 
 
 def _export_random_child(config: str, out: str, int8: bool, calibration: str | None) -> None:
@@ -741,4 +742,8 @@ def run_bench(args: argparse.Namespace) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
         print(f"report: {args.json}")
+    if args.plot and report["backends"]:
+        from models.bench_plot import plot_report
+
+        print(f"plot: {plot_report(report, args.plot)}")
     return 0 if report["backends"] else 1

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -26,7 +27,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
 def test_bench_tiny_random_writes_the_report(tmp_path: Path, capsys) -> None:
     out = tmp_path / "bench.json"
     argv = ["--random", "--config", "tiny", "--backends", "torch,onnxruntime,tensorrt", "--runs", "3", "--warmup", "1",
-            "--threads", "1", "--camera", "320x240", "--json", str(out)]
+            "--threads", "1", "--camera", "320x240", "--json", str(out), "--plot", str(tmp_path / "bench.png")]
     assert run_bench(parse(argv)) == 0
     report = json.loads(out.read_text())
     assert set(report) >= {"model", "settings", "host", "preprocessing", "backends", "unavailable", "ratios"}
@@ -54,6 +55,8 @@ def test_bench_tiny_random_writes_the_report(tmp_path: Path, capsys) -> None:
     printed = capsys.readouterr().out
     assert "end-to-end" in printed and "onnxruntime_vs_torch" in printed
     assert format_report(report) in printed
+    png = cv2.imread(str(tmp_path / "bench.png"))  # a real image: the latency split of both backends
+    assert png is not None and png.shape[0] > 300 and png.shape[1] > 500 and png.std() > 10
 
 
 def test_bench_rejects_bad_arguments(tmp_path: Path, capsys) -> None:

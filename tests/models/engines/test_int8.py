@@ -8,6 +8,7 @@ import json
 import logging
 from pathlib import Path
 
+import cv2
 import numpy as np
 import onnx
 import pytest
@@ -113,7 +114,7 @@ def test_x86_rewrite_agrees_with_the_qdq_graph_as_written(int8_model: Path) -> N
         assert np.abs(fast - fp32).max() <= 2 * quant_error.max() + 1e-6, name
 
 
-def test_bench_measures_int8_against_fp32_in_one_run(int8_model: Path) -> None:
+def test_bench_measures_int8_against_fp32_in_one_run(int8_model: Path, tmp_path: Path) -> None:
     report = benchmark(int8_model, ["onnxruntime"], runs=2, warmup=0, threads=1, camera=(160, 120),
                        precision=["fp32", "int8"], drift=4)
     assert set(report["backends"]) == {"onnxruntime:fp32", "onnxruntime:int8"}
@@ -138,6 +139,10 @@ def test_bench_measures_int8_against_fp32_in_one_run(int8_model: Path) -> None:
     assert targets["  device: scoring thread's share (estimate)"]["value"] == pytest.approx(
         scoring / (int8["engine"]["p50"] + scoring))
     json.dumps(report)
+    from models.bench_plot import plot_report
+
+    png = cv2.imread(str(plot_report(report, tmp_path / "bench.png")))  # with the shares panel beside the latency
+    assert png is not None and png.shape[1] > 1000 and png.std() > 10
 
 
 def test_wrong_shape_calibration_set_is_refused_naming_file_tensor_and_shapes(tmp_path: Path, capsys) -> None:
