@@ -18,7 +18,7 @@ from typing import Any, Generic, Iterator, Protocol, TypeVar
 import numpy as np
 
 from appliance.clock import NS_PER_S
-from appliance.sources.face_crop import FaceCrop, as_face_crop
+from appliance.sources.face_crop import FaceCrop, WithFace, as_face_crop
 
 
 class Stamped(Protocol):
@@ -31,7 +31,7 @@ class Stamped(Protocol):
 T = TypeVar("T", bound=Stamped)
 
 
-class FaceSample:
+class FaceSample(WithFace):
     """One camera frame as the window builder needs it: the face tracker's crop (or ``None`` and why) and
     the face's size in the camera's own pixels.
 
@@ -55,15 +55,6 @@ class FaceSample:
         self.face = as_face_crop(t_ns, crop)
         self.reason = reason
         self.face_px = face_px
-
-    @property
-    def crop(self) -> np.ndarray | None:
-        """The crop's pixels (resized now if they are not yet; None without a face or once dropped)."""
-        return None if self.face is None else self.face.pixels()
-
-    @property
-    def has_face(self) -> bool:
-        return self.face is not None
 
     @classmethod
     def of(cls, frame: Any, observation: Any) -> "FaceSample":

@@ -25,7 +25,7 @@ import numpy as np
 
 from appliance.config import default
 from appliance.sources.camera import Frame
-from appliance.sources.face_crop import FaceCrop, as_face_crop
+from appliance.sources.face_crop import FaceCrop, WithFace, as_face_crop
 from appliance.sources.face_detectors import DETECTORS, Box, FaceDetector, make_detector
 from models.features.video import resize_face
 
@@ -85,7 +85,7 @@ class FaceConfig:
             raise ValueError(f"FaceConfig.roi must be (x, y, w, h) with x, y >= 0 and w, h > 0, got {self.roi}")
 
 
-class FaceObservation:
+class FaceObservation(WithFace):
     """What the tracker saw in one frame: a face crop (uint8 BGR, crop_size^2) or ``None`` with a reason.
 
     ``t_ns`` is the frame's arrival stamp, so the crop is exactly as old as the frame it was cut from.
@@ -107,14 +107,6 @@ class FaceObservation:
         self.reason = reason
         self.detected = detected
         self.frame_index = frame_index
-
-    @property
-    def crop(self) -> np.ndarray | None:
-        return None if self.face is None else self.face.pixels()
-
-    @property
-    def has_face(self) -> bool:
-        return self.face is not None
 
     def __repr__(self) -> str:
         return (f"FaceObservation(t_ns={self.t_ns}, face={self.face!r}, box={self.box}, reason={self.reason!r}, "

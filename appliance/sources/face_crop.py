@@ -120,3 +120,20 @@ def as_face_crop(t_ns: int, crop: "FaceCrop | np.ndarray | None") -> FaceCrop | 
     if crop is None or isinstance(crop, FaceCrop):
         return crop
     return FaceCrop.ready(t_ns, crop)
+
+
+class WithFace:
+    """What a frame's record (the tracker's observation, the buffer's sample) says about its face, from its
+    ``face`` (:class:`FaceCrop` or None): ``crop``, the pixels (resized now if they are not yet; None without a
+    face or once dropped), and ``has_face``, without resizing anything."""
+
+    __slots__ = ()
+    face: FaceCrop | None
+
+    @property
+    def crop(self) -> np.ndarray | None:
+        return None if self.face is None else self.face.pixels()
+
+    @property
+    def has_face(self) -> bool:
+        return self.face is not None
