@@ -30,7 +30,8 @@ def plot_report(report: dict[str, Any], path: str | Path) -> Path:
     """Write the PNG for a :func:`models.bench.benchmark` report to ``path``; returns the path."""
     backends = report["backends"]
     targets = {t["target"]: t for t in report.get("targets") or []}
-    shares = [(label, targets[row]) for row, label in SHARE_ROWS if row in targets and targets[row]["value"] is not None]
+    shares = [(label, targets[row]) for row, label in SHARE_ROWS
+              if row in targets and targets[row]["value"] is not None]
     fig, axes = plt.subplots(1, 2 if shares else 1, figsize=(11 if shares else 6.5, 4.2), squeeze=False)
     ax = axes[0][0]
     names = list(backends)

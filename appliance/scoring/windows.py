@@ -16,8 +16,8 @@ Fill: each window also says how much of its span its data cover (``fill``), and 
 right after start-up, or after a source came back, a window holds a fraction of a second of data -- the first
 score of a daemon once came from 0.16 s of vitals -- and a network trained on full windows says nothing
 meaningful about a sliver. Video: the share of the 16 slots that have a face at or before their time (slots
-before the first face would repeat the earliest face a slot takes). Audio: captured samples over the span asked for (the cry segment or
-the last few seconds). Vitals: the share of the 30 s covered by readings with a value, each holding
+before the first face would repeat the earliest face a slot takes). Audio: captured samples over the span
+asked for (the cry segment or the last few seconds). Vitals: the share of the 30 s covered by readings with a value, each holding
 ``vitals_hold_s`` (monitors send every 1-2 s), so a sparse or interrupted monitor counts as partly empty. RR:
 how far back the beats reach in the 30 s.
 
@@ -236,7 +236,8 @@ class WindowBuilder:
         times = np.array([chosen[int(i)].t_ns for i in pick], dtype=np.int64)
         distinct = len({id(crop) for crop in chosen.values()})
         face_fraction = len(faces) / len(obs)
-        sizes = [px for i in chosen if (px := face_px_of(faces[i])) is not None]  # a stand-in successor: the size of the face it replaced
+        # (a successor standing in for a superseded face counts with the size of the face it replaced)
+        sizes = [px for i in chosen if (px := face_px_of(faces[i])) is not None]
         face_px = min(sizes) if sizes else None
         problem = None
         if fill < cfg.min_fill_video:
