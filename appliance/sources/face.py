@@ -251,8 +251,7 @@ class FaceTracker:
         else:
             self._since_detect += 1
         crop = FaceCrop(frame.t_ns, cfg.crop_size, square_region(image, roi, 0.0))
-        return FaceObservation(frame.t_ns, crop, roi, "fixed roi", detected,
-                               frame.index)
+        return FaceObservation(frame.t_ns, crop, roi, "fixed roi", detected, frame.index)
 
     def _nearest(self, boxes: list[Box]) -> Box:
         """The detection closest to the current track (the same infant), else the largest."""
