@@ -101,7 +101,8 @@ setup(
     ],
     extras_require={
         # GPU-only: installed on the Jetson / GPU box, never needed by the CPU install or the tests.
-        "jetson": ["tensorrt>=10", "pycuda>=2024.1"],
+        # TensorRT 10 (JetPack 6): 11 is CUDA 13 only, has no JetPack build and dropped the FP16/INT8 builder flags.
+        "jetson": ["tensorrt>=10,<11", "pycuda>=2024.1"],
         "test": ["pytest>=8", "hypothesis>=6.100", "pingouin>=0.5", "jsonschema>=4.18", "fhir.resources>=8",
                  "hl7apy>=1.3.5,<2",  # also a main dependency; listed so the test extra says what the tests need
                  # tests/test_python_compat.py: the code must stay 3.10-compatible (JetPack 6).

@@ -35,6 +35,10 @@ from models.configs import CONFIGS
 
 EXIT_NO_GPU = 3
 BUDGET_S = 8 * 60
+#: Parity limits, |nips| on the 0-7 scale: FP16 against ONNX Runtime FP32 (largest difference), and TensorRT
+#: INT8 against ONNX Runtime INT8 from the same QDQ graph (mean; the accuracy check's own bound).
+FP16_MAX_ABS_DIFF = 0.05
+INT8_MEAN_ABS_DIFF = 0.05
 NEOPAIN = (sys.executable, "-m", "appliance.cli")  # the `neopain` command of this interpreter
 
 
@@ -85,20 +89,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 class Steps:
     """Runs and records the steps: name, command, seconds, exit status, last lines of output."""
 
-    def __init__(self, out: Path) -> None:
+    def __init__(self, out: Path, budget_s: float = BUDGET_S) -> None:
         self.out = out
         self.rows: list[dict[str, Any]] = []
         self.started = time.monotonic()
+        self.budget_s = budget_s
 
     def command(self, name: str, argv: Sequence[str], timeout_s: float = 600) -> subprocess.CompletedProcess:
+        """Run one step; it may take what is left of the budget (at most ``timeout_s``), so an overrun stops the
+        check with a report instead of running on."""
         t0 = time.monotonic()
         log = self.out / f"{name}.log"
+        left = self.budget_s - self.elapsed_s
+        if left <= 0:
+            self._record(name, argv, t0, None, "not started: the budget is spent")
+            raise CheckFailed(f"{name}: not started, the {self.budget_s:.0f} s budget is spent")
+        limit = min(timeout_s, left)
         try:
-            done = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout_s)
+            done = subprocess.run(list(argv), capture_output=True, text=True, timeout=limit)
         except subprocess.TimeoutExpired as exc:
-            self._record(name, argv, t0, None, f"timed out after {timeout_s:.0f} s")
+            why = "the budget ran out" if limit < timeout_s else f"its {timeout_s:.0f} s limit"
+            self._record(name, argv, t0, None, f"stopped after {limit:.0f} s: {why}")
             log.write_text(f"{exc}\n", encoding="utf-8")
-            raise CheckFailed(f"{name}: timed out after {timeout_s:.0f} s") from None
+            raise CheckFailed(f"{name}: stopped after {limit:.0f} s ({why})") from None
         log.write_text(f"$ {' '.join(argv)}\n{done.stdout}\n{done.stderr}", encoding="utf-8")
         tail = (done.stdout + done.stderr).strip().splitlines()[-8:]
         self._record(name, argv, t0, done.returncode, "\n".join(tail))
@@ -141,7 +154,12 @@ def write_calibration(config: str, directory: Path, count: int) -> Path:
 
 
 def parity(model_dir: Path, cache_dir: Path, batches: Sequence[int]) -> dict[str, Any]:
-    """max/mean |nips| of TensorRT FP16 and INT8 vs ONNX Runtime FP32 (and INT8) at each batch size."""
+    """max/mean |nips| of TensorRT FP16 and INT8 vs ONNX Runtime FP32 (and INT8) at each batch size, and the
+    same engines run from a second thread (the daemon scores in its own thread, not where it loaded them).
+    ``failures`` lists what is beyond :data:`FP16_MAX_ABS_DIFF` / :data:`INT8_MEAN_ABS_DIFF`, and a second
+    thread's scores that differ (the check then fails, with the numbers in the report)."""
+    import threading
+
     import numpy as np
 
     from models.bench import drift_windows
@@ -157,15 +175,33 @@ def parity(model_dir: Path, cache_dir: Path, batches: Sequence[int]) -> dict[str
             batch = stack_windows(windows[:b])
             reference[b] = (ort32.run(batch).nips, ort8.run(batch).nips)
     out: dict[str, Any] = {}
+    failures = []
     for precision in ("fp16", "int8"):
         with ScoringEngines(model_dir, "tensorrt", cache_dir=cache_dir, precision=precision) as trt:
             for b in batches:
-                got = trt.run(stack_windows(windows[:b])).nips
+                batch = stack_windows(windows[:b])
+                got = trt.run(batch).nips
+                threaded: dict[str, Any] = {}
+                worker = threading.Thread(target=lambda: threaded.update(nips=trt.run(batch).nips),  # noqa: B023
+                                          name="parity-scoring")
+                worker.start()
+                worker.join()
                 vs32, vs8 = np.abs(got - reference[b][0]), np.abs(got - reference[b][1])
-                out[f"tensorrt_{precision}_batch{b}"] = {
+                thread_diff = float(np.abs(threaded["nips"] - got).max()) if "nips" in threaded else None
+                label = f"tensorrt_{precision}_batch{b}"
+                out[label] = {
                     "vs_onnxruntime_fp32_max": float(vs32.max()), "vs_onnxruntime_fp32_mean": float(vs32.mean()),
-                    "vs_onnxruntime_int8_max": float(vs8.max()), "windows": b,
+                    "vs_onnxruntime_int8_max": float(vs8.max()), "vs_onnxruntime_int8_mean": float(vs8.mean()),
+                    "second_thread_max": thread_diff, "windows": b,
                 }
+                if thread_diff is None or thread_diff > 1e-4:
+                    failures.append(f"{label}: run from a second thread "
+                                    + ("failed (see the log)" if thread_diff is None else f"differs by {thread_diff:.5f}"))
+                if precision == "fp16" and vs32.max() > FP16_MAX_ABS_DIFF:
+                    failures.append(f"{label}: |nips - ONNX Runtime FP32| max {vs32.max():.4f} > {FP16_MAX_ABS_DIFF}")
+                if precision == "int8" and vs8.mean() > INT8_MEAN_ABS_DIFF:
+                    failures.append(f"{label}: |nips - ONNX Runtime INT8| mean {vs8.mean():.4f} > {INT8_MEAN_ABS_DIFF}")
+    out["failures"] = failures
     return out
 
 
@@ -178,8 +214,13 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if report.get("error"):
         lines += ["", f"failed: {report['error']}"]
     for name, p in report.get("parity", {}).items():
+        if name == "failures":
+            continue
+        thread = p.get("second_thread_max")
         lines.append(f"parity {name}: nips vs ONNX Runtime FP32 max {p['vs_onnxruntime_fp32_max']:.4f} "
-                     f"mean {p['vs_onnxruntime_fp32_mean']:.4f}")
+                     f"mean {p['vs_onnxruntime_fp32_mean']:.4f}; vs ONNX Runtime INT8 mean "
+                     f"{p['vs_onnxruntime_int8_mean']:.4f}; second thread "
+                     + ("failed" if thread is None else f"max diff {thread:.2g}"))
     for name, bench in report.get("bench", {}).items():
         for label, r in bench.get("backends", {}).items():
             e2e, eng = r["end_to_end"], r["engine"]
@@ -201,7 +242,7 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(args.work) if args.work else out / "work"
     model_dir, cache_dir, calib = work / "model", work / "engines", work / "calibration"
-    steps = Steps(out)
+    steps = Steps(out, args.budget_s)
     report: dict[str, Any] = {"gpus": gpus, "host": f"{platform.node()} {platform.machine()} python {platform.python_version()}",
                               "config": args.config, "batches": args.batch_sizes, "budget_s": args.budget_s}
     max_batch = str(max(args.batch_sizes))
@@ -213,6 +254,8 @@ def run(args: argparse.Namespace) -> int:
             steps.command(f"build_engines_{precision}", [*NEOPAIN, "build-engines", "--model-dir", str(model_dir), "--cache-dir",
                                                          str(cache_dir), "--precision", precision, "--max-batch", max_batch])
         report["parity"] = steps.call("parity", parity, model_dir, cache_dir, args.batch_sizes)
+        if report["parity"]["failures"]:
+            raise CheckFailed("parity: " + "; ".join(report["parity"]["failures"]))
         report["bench"] = {}
         for b in args.batch_sizes:
             for backend, precisions in (("tensorrt", "fp16,int8"), ("torch", "fp32,fp16")):
@@ -220,7 +263,10 @@ def run(args: argparse.Namespace) -> int:
                 steps.command(f"bench_{backend}_b{b}", [*NEOPAIN, "bench", "--model-dir", str(model_dir), "--backends", backend,
                                                         "--precision", precisions, "--batch", str(b), "--runs", str(args.runs),
                                                         "--cache-dir", str(cache_dir), "--json", str(path)])
-                report["bench"][f"{backend}_batch{b}"] = json.loads(path.read_text(encoding="utf-8"))
+                bench = report["bench"][f"{backend}_batch{b}"] = json.loads(path.read_text(encoding="utf-8"))
+                if bench.get("unavailable"):  # bench itself goes on without a backend; the check does not
+                    raise CheckFailed(f"bench_{backend}_b{b}: " + "; ".join(
+                        f"{label} unavailable: {reason}" for label, reason in bench["unavailable"].items()))
         report["verdict"] = "every step ran"
         status = 0
     except CheckFailed as exc:

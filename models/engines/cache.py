@@ -62,11 +62,16 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def write_engine(path: str | Path, key: EngineKey, plan: bytes) -> Path:
-    """Write a plan with its key; atomically (rename) so a crash never leaves half a file under the name."""
+def write_engine(path: str | Path, key: EngineKey, plan: bytes, *, max_batch: int | None = None) -> Path:
+    """Write a plan with its key; atomically (rename) so a crash never leaves half a file under the name.
+
+    ``max_batch``: the largest batch of the plan's optimisation profile, recorded beside the key (not in it:
+    the daemon loads whatever plan was built and runs batch 1; only a rebuild asks whether the plan is large
+    enough, :meth:`EngineCache.has_valid`)."""
     path = Path(path)
     header = json.dumps(
-        {"format": FORMAT_VERSION, "key": asdict(key), "plan_sha256": hashlib.sha256(plan).hexdigest(), "plan_bytes": len(plan)},
+        {"format": FORMAT_VERSION, "key": asdict(key), "plan_sha256": hashlib.sha256(plan).hexdigest(), "plan_bytes": len(plan),
+         "max_batch": max_batch},
         sort_keys=True,
     ).encode()
     tmp = path.with_name(path.name + ".tmp")
@@ -80,6 +85,11 @@ def write_engine(path: str | Path, key: EngineKey, plan: bytes) -> Path:
 
 def read_engine(path: str | Path, expected: EngineKey) -> bytes:
     """Return the plan in ``path`` if and only if it is intact and was built for ``expected``."""
+    return _read(path, expected)[0]
+
+
+def _read(path: str | Path, expected: EngineKey) -> tuple[bytes, dict]:
+    """(plan, header) of ``path``, refused like :func:`read_engine` refuses."""
     path = Path(path)
     try:
         data = path.read_bytes()
@@ -106,7 +116,7 @@ def read_engine(path: str | Path, expected: EngineKey) -> bytes:
     plan = data[offset + header_len :]
     if len(plan) != plan_bytes or hashlib.sha256(plan).hexdigest() != plan_sha:
         raise EngineCacheError(f"{path} is corrupted (plan checksum mismatch); rebuild it")
-    return plan
+    return plan, header
 
 
 class EngineCache:
@@ -121,13 +131,18 @@ class EngineCache:
     def load(self, key: EngineKey) -> bytes:
         return read_engine(self.path_for(key), key)
 
-    def store(self, key: EngineKey, plan: bytes) -> Path:
+    def store(self, key: EngineKey, plan: bytes, *, max_batch: int | None = None) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        return write_engine(self.path_for(key), key, plan)
+        return write_engine(self.path_for(key), key, plan, max_batch=max_batch)
 
-    def has_valid(self, key: EngineKey) -> bool:
+    def has_valid(self, key: EngineKey, *, max_batch: int | None = None) -> bool:
+        """A valid plan for ``key`` is here, and, when ``max_batch`` is given, its profile takes batches that
+        large (a plan built for a smaller maximum, or one that does not say, is rebuilt)."""
         try:
-            self.load(key)
+            _, header = _read(self.path_for(key), key)
         except EngineCacheError:
             return False
-        return True
+        if max_batch is None:
+            return True
+        built = header.get("max_batch")
+        return isinstance(built, int) and built >= max_batch

@@ -5,12 +5,19 @@ package registry alone (``scripts/gpu-check.sh``) gets cuda-python, whose wheels
 install, where pycuda's source build does. Allocation, copies and the stream live behind
 :class:`DeviceBuffers`, so the choice touches this file only: pycuda when it imports, else cuda-python's
 runtime API (``cudaMallocHost``/``cudaMemcpyAsync``/``cudaStreamSynchronize``, as in TensorRT's own samples).
+
+Threads: the daemon loads its engines in the main thread and scores in another. The runtime API (cuda-python,
+and TensorRT itself) uses the device's *primary* context in any thread. pycuda's driver calls need a context
+current in the calling thread, and ``pycuda.autoinit`` would make a context of its own current in the importing
+thread only: every copy from the scoring thread would then fail. So with pycuda the buffers retain device 0's
+primary context (the one TensorRT uses) and :meth:`DeviceBuffers.active` pushes it for each call.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -19,13 +26,25 @@ from models.engines.base import BackendUnavailable
 
 def _pycuda() -> Any:
     try:
-        import pycuda.autoinit  # noqa: F401  creates the CUDA context on device 0
         import pycuda.driver as cuda
     except ImportError:
         return None
+    try:
+        cuda.init()
+        cuda.Device(0)
     except Exception as exc:  # pycuda raises its own error when no GPU / driver is present
         raise BackendUnavailable(f"CUDA is not usable here: {exc}") from exc
     return cuda
+
+
+@contextlib.contextmanager
+def _pushed(context: Any) -> Iterator[None]:
+    """``context`` (pycuda) current in the calling thread for the block."""
+    context.push()
+    try:
+        yield
+    finally:
+        context.pop()
 
 
 def _cudart() -> Any:
@@ -63,7 +82,7 @@ def gpu_identity() -> tuple[str, int]:
     """(GPU name, SM count) of device 0: part of the engine cache key."""
     kind, lib = cuda_library()
     if kind == "pycuda":
-        device = lib.Context.get_device()
+        device = lib.Device(0)
         return device.name(), int(device.get_attribute(lib.device_attribute.MULTIPROCESSOR_COUNT))
     try:
         props = _check(lib.cudaGetDeviceProperties(0))
@@ -81,7 +100,15 @@ class DeviceBuffers:
         self.host: dict[str, np.ndarray] = {}
         self.device: dict[str, Any] = {}
         self._host_ptrs: dict[str, int] = {}
-        self.stream = self.lib.Stream() if self.kind == "pycuda" else _check(self.lib.cudaStreamCreate())
+        # pycuda: device 0's primary context, the one TensorRT's runtime calls use (module doc)
+        self.context = self.lib.Device(0).retain_primary_context() if self.kind == "pycuda" else None
+        with self.active():
+            self.stream = self.lib.Stream() if self.kind == "pycuda" else _check(self.lib.cudaStreamCreate())
+
+    def active(self) -> contextlib.AbstractContextManager:
+        """The buffers' CUDA context current in the calling thread for a block (pycuda; the runtime API of
+        cuda-python binds the primary context in every thread by itself)."""
+        return _pushed(self.context) if self.context is not None else contextlib.nullcontext()
 
     def allocate(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> int:
         """(Re)allocate ``name`` for ``shape`` if it does not fit; returns the device pointer."""
@@ -146,3 +173,14 @@ class DeviceBuffers:
     def free(self) -> None:
         for name in list(self.device):
             self._free(name)
+
+    def release(self) -> None:
+        """Free everything, the stream included, and let go of the context (after :meth:`free`)."""
+        with self.active():
+            self.free()
+            if self.kind != "pycuda" and self.stream is not None:
+                self.lib.cudaStreamDestroy(self.stream)
+            self.stream = None
+        if self.context is not None:
+            self.context.detach()  # the primary context's retain count, taken in __init__
+            self.context = None

@@ -24,6 +24,10 @@ from models.engines.cache import EngineCache, EngineCacheError, EngineKey, sha25
 
 log = logging.getLogger(__name__)
 
+#: The largest batch of an engine's optimisation profile unless ``neopain build-engines --max-batch`` says
+#: otherwise (the daemon scores batch 1; benches and tools batch more).
+DEFAULT_MAX_BATCH = 4
+
 
 def _trt() -> Any:
     try:
@@ -79,13 +83,15 @@ class _EntropyCalibrator:
                 batch = self.batches[self.index]
                 self.index += 1
                 pointers = []
-                for name in names:
-                    # Keep each input's own dtype (the audio masks are bool); only doubles become fp32.
-                    array = np.asarray(batch[name])
-                    array = np.ascontiguousarray(array, dtype=np.float32 if array.dtype == np.float64 else array.dtype)
-                    pointers.append(self.buffers.allocate(name, array.shape, array.dtype))
-                    self.buffers.to_device(name, array)
-                self.buffers.synchronize()
+                with self.buffers.active():
+                    for name in names:
+                        # Keep each input's own dtype (the audio masks are bool); only doubles become fp32.
+                        array = np.asarray(batch[name])
+                        array = np.ascontiguousarray(array, dtype=np.float32 if array.dtype == np.float64
+                                                     else array.dtype)
+                        pointers.append(self.buffers.allocate(name, array.shape, array.dtype))
+                        self.buffers.to_device(name, array)
+                    self.buffers.synchronize()
                 return pointers
 
             def read_calibration_cache(self) -> bytes | None:
@@ -113,7 +119,7 @@ def build_plan(
     precision: str,
     *,
     explicit: bool = False,
-    max_batch: int = 4,
+    max_batch: int = DEFAULT_MAX_BATCH,
     calibration_batches: Iterable[Mapping[str, np.ndarray]] | None = None,
     calibration_cache: str | Path | None = None,
     timing_cache: str | Path | None = None,
@@ -167,28 +173,57 @@ def build_plan(
     config.add_optimization_profile(profile)
     if precision == "int8" and not explicit:
         config.set_calibration_profile(profile)
-    cache = None
     if timing_cache is not None:
-        timing_path = Path(timing_cache)
-        cache = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        _use_timing_cache(config, Path(timing_cache))
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineError(f"TensorRT failed to build a {precision} engine from {onnx_path} (see the log above)")
-    if cache is not None:
-        Path(timing_cache).write_bytes(bytes(config.get_timing_cache().serialize()))
+    if timing_cache is not None:
+        used = config.get_timing_cache()  # None when TensorRT took no cache
+        if used is not None:
+            Path(timing_cache).write_bytes(bytes(used.serialize()))
     return bytes(serialized)
+
+
+def timing_cache_path(directory: str | Path) -> Path:
+    """The timing cache file for this TensorRT version and GPU in ``directory``: a cache is only valid for the
+    exact TensorRT version and device that wrote it, so each gets its own file (a JetPack upgrade starts a new
+    one instead of failing on the old)."""
+    from models.engines.cuda_buffers import gpu_identity
+
+    name, sm_count = gpu_identity()
+    slug = "".join(c if c.isalnum() else "-" for c in name).strip("-").lower()
+    return Path(directory) / f"timing.trt{_trt().__version__}.{slug}-{sm_count}sm.cache"
+
+
+def _use_timing_cache(config: Any, path: Path) -> None:
+    """Give ``config`` the timing cache in ``path``; an unreadable or foreign one is replaced by an empty cache
+    (it only shortens builds), with a warning."""
+    blob = path.read_bytes() if path.is_file() else b""
+    try:
+        cache = config.create_timing_cache(blob)
+        accepted = bool(config.set_timing_cache(cache, ignore_mismatch=False))
+    except Exception as exc:  # TensorRT raises its own error types for a blob it cannot read
+        log.warning("TensorRT timing cache %s unusable (%s): starting an empty one", path, exc)
+        accepted = False
+    if not accepted:
+        if blob:
+            log.warning("TensorRT timing cache %s was written for another device or version: starting an empty one",
+                        path)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
 
 
 def build_cached(
     model: str, onnx_path: str | Path, precision: str, cache: EngineCache, *, force: bool = False, **build_kwargs: Any
 ) -> tuple[Path, bool]:
-    """Build into the cache unless a valid engine for this exact key is there. Returns (path, built)."""
+    """Build into the cache unless a valid engine for this exact key, taking batches of ``max_batch``, is there.
+    Returns (path, built)."""
     key = engine_key(model, onnx_path, precision)
-    if not force and cache.has_valid(key):
+    max_batch = int(build_kwargs.get("max_batch", DEFAULT_MAX_BATCH))
+    if not force and cache.has_valid(key, max_batch=max_batch):
         return cache.path_for(key), False
     plan = build_plan(onnx_path, precision, **build_kwargs)
-    return cache.store(key, plan), True
+    return cache.store(key, plan, max_batch=max_batch), True
 
 
 class TensorRTEngine(Engine):
@@ -199,15 +234,16 @@ class TensorRTEngine(Engine):
         from models.engines.cuda_buffers import DeviceBuffers
 
         self.trt = trt
-        self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self.engine = self.runtime.deserialize_cuda_engine(plan)
-        if self.engine is None:
-            raise EngineError("TensorRT could not deserialize the engine (corrupt or built by another version)")
-        self.context = self.engine.create_execution_context()
+        self.buffers = DeviceBuffers()
+        with self.buffers.active():  # the engine lives in the buffers' CUDA context, whichever thread runs it
+            self.runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+            self.engine = self.runtime.deserialize_cuda_engine(plan)
+            if self.engine is None:
+                raise EngineError("TensorRT could not deserialize the engine (corrupt or built by another version)")
+            self.context = self.engine.create_execution_context()
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         self.input_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self.output_names = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        self.buffers = DeviceBuffers()
 
     @classmethod
     def from_cache(cls, model: str, onnx_path: str | Path, precision: str, cache: EngineCache) -> "TensorRTEngine":
@@ -215,11 +251,20 @@ class TensorRTEngine(Engine):
         return cls(cache.load(key))
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run on the calling thread: the daemon loads engines in its main thread and scores in another, so the
+        CUDA context is made current here for the call (:meth:`DeviceBuffers.active`)."""
         self.check_inputs(inputs)
+        with self.buffers.active():
+            return self._run(inputs)
+
+    def _run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name in self.input_names:
             dtype = self.trt.nptype(self.engine.get_tensor_dtype(name))
             array = np.ascontiguousarray(inputs[name], dtype=dtype)
-            self.context.set_input_shape(name, array.shape)
+            if not self.context.set_input_shape(name, array.shape):
+                low, _, high = self.engine.get_tensor_profile_shape(name, 0)
+                raise EngineError(f"{name}: shape {array.shape} is outside the engine's profile {tuple(low)} .. "
+                                  f"{tuple(high)}; rebuild with `neopain build-engines --max-batch N`")
             self.context.set_tensor_address(name, self.buffers.allocate(name, array.shape, array.dtype))
             self.buffers.to_device(name, array)
         shapes = {}
@@ -235,7 +280,12 @@ class TensorRTEngine(Engine):
         return {n: results[n].reshape(shapes[n]).copy() for n in self.output_names}
 
     def close(self) -> None:
-        self.buffers.free()
+        """Release the execution context and engine before the memory and context they use."""
+        with self.buffers.active():
+            self.context = None
+            self.engine = None
+            self.buffers.free()
+        self.buffers.release()
 
 
 __all__ = [
@@ -246,5 +296,6 @@ __all__ = [
     "count_qdq_layers",
     "engine_key",
     "tensorrt_available",
+    "timing_cache_path",
     "weakly_typed",
 ]

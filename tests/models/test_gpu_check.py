@@ -83,3 +83,37 @@ def test_calibration_windows_of_the_export_step(tmp_path: Path) -> None:
         assert set(window.files) == set(INPUT_NAMES)
         assert window["clip"].shape == (3, cfg.video.frames, cfg.video.crop_size, cfg.video.crop_size)
         assert window["presence"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_step_may_only_take_what_is_left_of_the_budget(tmp_path: Path) -> None:
+    """The 8-minute budget is enforced, not only reported: a step that would overrun it is stopped and named,
+    and once it is spent no further step starts (the report is still written by the caller)."""
+    import sys
+    import time
+
+    from models.gpu_check import CheckFailed, Steps
+
+    steps = Steps(tmp_path, budget_s=600.0)
+    steps.command("quick", [sys.executable, "-c", "print('ok')"])
+    steps.budget_s = steps.elapsed_s + 1.0  # one second left, however long the first step took
+    t0 = time.monotonic()
+    with pytest.raises(CheckFailed, match=r"slow: stopped after \d+ s \(the budget ran out\)"):
+        steps.command("slow", [sys.executable, "-c", "import time; time.sleep(30)"])
+    assert time.monotonic() - t0 < 10
+    with pytest.raises(CheckFailed, match=r"next: not started, the \d+ s budget is spent"):
+        steps.command("next", [sys.executable, "-c", "print('never')"])
+    assert [(row["step"], row["exit"]) for row in steps.rows] == [("quick", 0), ("slow", None), ("next", None)]
+    assert "the budget ran out" in steps.rows[1]["tail"] and (tmp_path / "slow.log").is_file()
+
+
+def test_the_text_report_shows_parity_and_its_failures() -> None:
+    from models.gpu_check import summary_lines
+
+    row = {"vs_onnxruntime_fp32_max": 0.012, "vs_onnxruntime_fp32_mean": 0.004, "vs_onnxruntime_int8_max": 0.03,
+           "vs_onnxruntime_int8_mean": 0.01, "second_thread_max": None, "windows": 1}
+    report = {"verdict": "FAILED", "gpus": ["GPU 0: NVIDIA H200"], "host": "h", "elapsed_s": 100.0, "budget_s": 480.0,
+              "steps": [], "error": "parity: tensorrt_fp16_batch1: run from a second thread failed (see the log)",
+              "parity": {"tensorrt_fp16_batch1": row, "failures": ["x"]}}
+    text = "\n".join(summary_lines(report))
+    assert "parity tensorrt_fp16_batch1: nips vs ONNX Runtime FP32 max 0.0120" in text
+    assert "second thread failed" in text and "failed: parity: tensorrt_fp16_batch1" in text

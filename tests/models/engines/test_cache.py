@@ -53,6 +53,16 @@ def test_round_trip(tmp_path):
     assert cache.has_valid(BASE)
 
 
+def test_a_plan_whose_profile_is_too_small_for_the_batch_asked_is_not_valid(tmp_path):
+    cache = EngineCache(tmp_path / "cache")
+    cache.store(BASE, PLAN, max_batch=4)
+    assert cache.has_valid(BASE) and cache.has_valid(BASE, max_batch=1) and cache.has_valid(BASE, max_batch=4)
+    assert not cache.has_valid(BASE, max_batch=8)  # `build-engines --max-batch 8` rebuilds it
+    assert cache.load(BASE) == PLAN  # the daemon (batch 1) loads it whatever its maximum
+    cache.store(BASE, PLAN)  # a plan that does not say how large a batch it takes is rebuilt when asked
+    assert cache.has_valid(BASE) and not cache.has_valid(BASE, max_batch=1)
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(EngineCacheError, match="does not exist"):
         EngineCache(tmp_path).load(BASE)
