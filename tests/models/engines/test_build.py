@@ -137,3 +137,38 @@ def test_tensorrt_foreign_engine_is_refused(exported_tiny, tmp_path: Path) -> No
     write_engine(cache.path_for(key), foreign, b"plan")
     with pytest.raises(EngineCacheError, match="trt_version"):
         TensorRTEngine.from_cache("vitals_encoder", onnx, "fp16", cache)
+
+
+class _TimingConfig:
+    """Stands in for TensorRT's IBuilderConfig (TensorRT cannot run here): a cache blob ``b"corrupt"`` cannot be
+    read, one ``b"foreign"`` is refused by set_timing_cache (another GPU or TensorRT version), as 10.x does."""
+
+    def __init__(self) -> None:
+        self.used: bytes | None = None
+
+    def create_timing_cache(self, blob: bytes) -> bytes:
+        if blob == b"corrupt":
+            raise RuntimeError("cannot deserialize the timing cache")
+        return blob
+
+    def set_timing_cache(self, cache: bytes, ignore_mismatch: bool) -> bool:
+        assert ignore_mismatch is False
+        if cache == b"foreign":
+            return False
+        self.used = cache
+        return True
+
+
+@pytest.mark.parametrize("stored, used, warned", [(None, b"", False), (b"mine", b"mine", False),
+                                                   (b"foreign", b"", True), (b"corrupt", b"", True)])
+def test_a_foreign_or_unreadable_timing_cache_is_replaced_by_an_empty_one(tmp_path, caplog, stored, used, warned):
+    from models.engines.tensorrt import _use_timing_cache
+
+    path = tmp_path / "timing.cache"
+    if stored is not None:
+        path.write_bytes(stored)
+    config = _TimingConfig()
+    with caplog.at_level("WARNING", logger="models.engines.tensorrt"):
+        _use_timing_cache(config, path)
+    assert config.used == used  # the build goes on, with the cache it can use
+    assert ("starting an empty one" in caplog.text) == warned
