@@ -3,10 +3,10 @@
 Why lazy: the camera delivers 30 frames a second, but a clip takes 8 a second (16 slots over 2 s,
 ``appliance.scoring.windows``), and resizing a face that fills a 720-pixel frame height to the crop costs about
 1.5 ms (the exact single-step ``INTER_AREA`` the networks are trained with, ``models.features.video``). Resizing
-every frame spent about 45 ms of a core each second on crops no clip ever used. So the face tracker hands over
-the face *region* (a view of the camera frame, no copy), and the frame sink
-(:class:`appliance.scoring.clip_frames.ClipFrames`) resizes the frames a clip slot will take, as soon as that is
-known, and drops the others.
+every frame spent about 50 ms of a core each second, most of it on crops no clip ever used
+(``docs/benchmarks/camera_thread.md``). So the face tracker hands over the face *region* (a view of the camera
+frame, no copy), and the frame sink (:class:`appliance.scoring.clip_frames.ClipFrames`) resizes the frames a clip
+slot will take, as soon as that is known, and drops the others.
 
 A crop is in one of three states:
 
