@@ -18,7 +18,7 @@ from typing import Any, Generic, Iterator, Protocol, TypeVar
 import numpy as np
 
 from appliance.clock import NS_PER_S
-from appliance.sources.face_crop import FaceCrop, WithFace, as_face_crop
+from appliance.sources.face_crop import FaceCrop, WithFace, as_face_crop, face_of
 
 
 class Stamped(Protocol):
@@ -60,7 +60,7 @@ class FaceSample(WithFace):
     def of(cls, frame: Any, observation: Any) -> "FaceSample":
         """From a camera ``Frame`` and the ``FaceObservation`` the tracker made of it (nothing is resized)."""
         box = observation.box
-        face = observation.face if hasattr(observation, "face") else observation.crop  # any tracker-like record
+        face = face_of(observation)
         face_px = frame.source_px(box) if face is not None and box is not None else None
         return cls(int(observation.t_ns), face, observation.reason, face_px)
 

@@ -34,7 +34,7 @@ import numpy as np
 from appliance.config import default
 from appliance.scoring.buffers import ModalityBuffers, face_px_of
 from appliance.scoring.clip_frames import ClipGrid
-from appliance.sources.face_crop import FaceCrop, as_face_crop
+from appliance.sources.face_crop import face_of
 from appliance.clock import NS_PER_S, now_ns
 from models.features.cry import CrySegment
 
@@ -182,15 +182,6 @@ class Window:
         return {name: getattr(self, name).status.usable for name in ("video", "audio", "vitals", "rr")}
 
 
-def _face(item: object) -> FaceCrop | None:
-    """The face crop of a frames-buffer item: a :class:`FaceSample`'s or ``FaceObservation``'s ``face``, or for
-    any other item with a ``crop`` array (tools that fill buffers themselves) that array as a ready crop."""
-    face = getattr(item, "face", None)
-    if face is not None or hasattr(item, "face"):
-        return face
-    return as_face_crop(item.t_ns, getattr(item, "crop", None))  # type: ignore[attr-defined]
-
-
 class WindowBuilder:
     """Cuts :class:`Window` objects from :class:`ModalityBuffers` (thread-safe: the buffers are)."""
 
@@ -212,13 +203,13 @@ class WindowBuilder:
         slots = self.grid.slots(t, cfg.n_frames)  # the clip grid's ticks, not t - k/fps (ClipGrid: why)
         span = int(cfg.n_frames * NS_PER_S / cfg.frame_fps)
         obs = self.buffers.frames.between(slots[-1] - span + 1, t)  # (last slot - span, t]
-        faces = [o for o in obs if _face(o) is not None]
+        faces = [o for o in obs if face_of(o) is not None]
         newest = faces[-1].t_ns if faces else self._newest_face_before(slots[-1] - span)
         if not faces:
             reason = "no camera frames" if not obs else f"no face ({obs[-1].reason})"
             return VideoWindow(_status(False, False, newest, t, cfg.video_max_age_s, reason), None, None, 0,
                                0.0)
-        shapes = {_face(o).shape for o in faces}
+        shapes = {face_of(o).shape for o in faces}
         if len(shapes) != 1:
             raise ValueError(f"WindowBuilder.video: face crops of different shapes in one window: {shapes}")
         stamps = np.array([o.t_ns for o in faces], dtype=np.int64)
@@ -230,7 +221,7 @@ class WindowBuilder:
         fill = float(taken.size / len(slots))
         pick = np.where(newest_before >= 0, newest_before, taken.min() if taken.size else len(faces) - 1)
         # a face superseded since this snapshot stands for the newer one (FaceCrop.resolve); resized if pending
-        chosen = {int(i): _face(faces[int(i)]).resolve() for i in np.unique(pick)}
+        chosen = {int(i): face_of(faces[int(i)]).resolve() for i in np.unique(pick)}
         pixels = {i: crop.pixels() for i, crop in chosen.items()}
         frames = np.stack([pixels[int(i)] for i in pick])
         times = np.array([chosen[int(i)].t_ns for i in pick], dtype=np.int64)
@@ -251,7 +242,7 @@ class WindowBuilder:
 
     def _newest_face_before(self, t: int) -> int | None:
         for o in reversed(self.buffers.frames.between(t - self.buffers.frames.max_span_ns, t)):
-            if _face(o) is not None:
+            if face_of(o) is not None:
                 return o.t_ns
         return None
 

@@ -32,19 +32,25 @@ class FaceCrop:
 
     __slots__ = ("t_ns", "_shape", "_size", "_region", "_pixels", "_successor", "_lock")
 
-    def __init__(self, t_ns: int, size: int, region: np.ndarray) -> None:
-        """Pending: ``region`` (H, W[, C]) uint8, typically a view of the camera frame, resized on first use."""
-        if size < 1:
-            raise ValueError(f"FaceCrop size must be >= 1, got {size}")
-        if not isinstance(region, np.ndarray) or region.dtype != np.uint8 or region.ndim not in (2, 3) \
-                or region.size == 0:
-            raise ValueError(f"FaceCrop region must be a non-empty (H, W[, C]) uint8 array, got "
-                             f"{getattr(region, 'dtype', type(region).__name__)} {getattr(region, 'shape', '')}")
+    def __init__(self, t_ns: int, size: int, region: np.ndarray | None = None, *,
+                 pixels: np.ndarray | None = None) -> None:
+        """Pending: ``region`` (H, W[, C]) uint8, typically a view of the camera frame, resized on first use.
+        Ready: ``pixels``, already at the network's size (see :meth:`ready`)."""
+        if (region is None) == (pixels is None):
+            raise ValueError("a FaceCrop takes either a region to resize or the resized pixels")
+        if region is not None:
+            if size < 1:
+                raise ValueError(f"FaceCrop size must be >= 1, got {size}")
+            if not isinstance(region, np.ndarray) or region.dtype != np.uint8 or region.ndim not in (2, 3) \
+                    or region.size == 0:
+                raise ValueError(f"FaceCrop region must be a non-empty (H, W[, C]) uint8 array, got "
+                                 f"{getattr(region, 'dtype', type(region).__name__)} {getattr(region, 'shape', '')}")
         self.t_ns = int(t_ns)
         self._size = int(size)
-        self._shape: tuple[int, ...] = (self._size, self._size) + tuple(region.shape[2:])
+        self._shape: tuple[int, ...] = (tuple(pixels.shape) if pixels is not None
+                                        else (self._size, self._size) + tuple(region.shape[2:]))
         self._region: np.ndarray | None = region
-        self._pixels: np.ndarray | None = None
+        self._pixels: np.ndarray | None = pixels
         self._successor: FaceCrop | None = None
         self._lock = threading.Lock()
 
@@ -53,15 +59,7 @@ class FaceCrop:
         """A crop whose pixels are already at the network's size (tests, tools that fill buffers themselves)."""
         if not isinstance(pixels, np.ndarray):
             raise ValueError(f"a face crop must be a numpy array, got {type(pixels).__name__}")
-        crop = cls.__new__(cls)
-        crop.t_ns = int(t_ns)
-        crop._size = int(pixels.shape[0]) if pixels.ndim else 0
-        crop._shape = tuple(pixels.shape)
-        crop._region = None
-        crop._pixels = pixels
-        crop._successor = None
-        crop._lock = threading.Lock()
-        return crop
+        return cls(t_ns, int(pixels.shape[0]) if pixels.ndim else 0, pixels=pixels)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -120,6 +118,14 @@ def as_face_crop(t_ns: int, crop: "FaceCrop | np.ndarray | None") -> FaceCrop | 
     if crop is None or isinstance(crop, FaceCrop):
         return crop
     return FaceCrop.ready(t_ns, crop)
+
+
+def face_of(record: object) -> FaceCrop | None:
+    """The face crop of a frame's record: its ``face`` (a tracker observation, a buffer sample), or, for any
+    other record with a ``crop`` array and ``t_ns`` (tools that make their own), that array as a ready crop."""
+    if hasattr(record, "face"):
+        return record.face  # type: ignore[attr-defined]
+    return as_face_crop(record.t_ns, getattr(record, "crop", None))  # type: ignore[attr-defined]
 
 
 class WithFace:

@@ -284,7 +284,6 @@ class TensorRTEngine(Engine):
         with self.buffers.active():
             self.context = None
             self.engine = None
-            self.buffers.free()
         self.buffers.release()
 
 
